@@ -35,3 +35,7 @@ bench:
 
 clean:
 	rm -rf bin conformance/results
+
+# The main job: images, then every client against every server (conformance/).
+conformance:
+	bash scripts/conformance.sh
