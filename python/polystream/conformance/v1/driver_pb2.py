@@ -11,12 +11,11 @@ from google.protobuf import symbol_database as _symbol_database
 _sym_db = _symbol_database.Default()
 
 
-from polystream.chat.v1 import chat_pb2 as polystream_dot_chat_dot_v1_dot_chat__pb2
 from polystream.events.v1 import events_pb2 as polystream_dot_events_dot_v1_dot_events__pb2
 from polystream.updates.v1 import updates_pb2 as polystream_dot_updates_dot_v1_dot_updates__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&polystream/conformance/v1/driver.proto\x12\x19polystream.conformance.v1\x1a\x1dpolystream/chat/v1/chat.proto\x1a!polystream/events/v1/events.proto\x1a#polystream/updates/v1/updates.proto\"\xc1\x05\n\nRunRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x39\n\tsubscribe\x18\x02 \x01(\x0b\x32$.polystream.conformance.v1.SubscribeH\x00\x12J\n\x12subscribe_multiple\x18\x03 \x01(\x0b\x32,.polystream.conformance.v1.SubscribeMultipleH\x00\x12\x35\n\x07updates\x18\x04 \x01(\x0b\x32\".polystream.conformance.v1.UpdatesH\x00\x12\x31\n\x05query\x18\x05 \x01(\x0b\x32 .polystream.conformance.v1.QueryH\x00\x12\x38\n\twatch_job\x18\x06 \x01(\x0b\x32#.polystream.conformance.v1.WatchJobH\x00\x12\x33\n\x06upload\x18\x07 \x01(\x0b\x32!.polystream.conformance.v1.UploadH\x00\x12/\n\x04\x63hat\x18\x08 \x01(\x0b\x32\x1f.polystream.conformance.v1.ChatH\x00\x12\x31\n\x05unary\x18\t \x01(\x0b\x32 .polystream.conformance.v1.UnaryH\x00\x12\x45\n\x08metadata\x18\n \x03(\x0b\x32\x33.polystream.conformance.v1.RunRequest.MetadataEntry\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x0b \x01(\x03\x12\x14\n\x0c\x63\x61ncel_after\x18\x0c \x01(\x05\x12\x15\n\rread_delay_ms\x18\r \x01(\x05\x12\x19\n\x11keepalive_time_ms\x18\x0e \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08scenario\"S\n\x07\x42\x61\x63koff\x12\x0f\n\x07\x62\x61se_ms\x18\x01 \x01(\x05\x12\x0e\n\x06max_ms\x18\x02 \x01(\x05\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\x12\x13\n\x0bmax_retries\x18\x04 \x01(\x05\"\xa0\x01\n\tSubscribe\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32&.polystream.events.v1.SubscribeRequest\x12\x11\n\tresilient\x18\x02 \x01(\x08\x12\x33\n\x07\x62\x61\x63koff\x18\x03 \x01(\x0b\x32\".polystream.conformance.v1.Backoff\x12\x12\n\nstop_after\x18\x04 \x01(\x05\"\xb9\x01\n\x11SubscribeMultiple\x12@\n\x05steps\x18\x01 \x03(\x0b\x32\x31.polystream.conformance.v1.SubscribeMultiple.Step\x12\x12\n\nstop_after\x18\x02 \x01(\x05\x1aN\n\x04Step\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32&.polystream.events.v1.SubscribeRequest\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x05\"W\n\x07Updates\x12\x38\n\x07request\x18\x01 \x01(\x0b\x32\'.polystream.updates.v1.SubscribeRequest\x12\x12\n\nstop_after\x18\x02 \x01(\x05\"=\n\x05Query\x12\x34\n\x07request\x18\x01 \x01(\x0b\x32#.polystream.updates.v1.QueryRequest\"Q\n\x08WatchJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x35\n\x05start\x18\x02 \x01(\x0b\x32&.polystream.updates.v1.StartJobRequest\"J\n\x06Upload\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\x15\n\rcontent_bytes\x18\x02 \x01(\x05\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x0c\n\x04room\x18\x04 \x01(\t\"N\n\x04\x43hat\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0c\n\x04room\x18\x03 \x01(\t\x12\x1b\n\x13send_all_then_close\x18\x04 \x01(\x08\"-\n\x05Unary\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x14\n\x0crequest_json\x18\x02 \x01(\t\"\xcb\x02\n\x0bObservation\x12\x15\n\rat_unix_nanos\x18\x01 \x01(\x03\x12\x37\n\x08received\x18\x02 \x01(\x0b\x32#.polystream.conformance.v1.ReceivedH\x00\x12/\n\x04sent\x18\x03 \x01(\x0b\x32\x1f.polystream.conformance.v1.SentH\x00\x12\x39\n\tconnected\x18\x04 \x01(\x0b\x32$.polystream.conformance.v1.ConnectedH\x00\x12?\n\x0c\x64isconnected\x18\x05 \x01(\x0b\x32\'.polystream.conformance.v1.DisconnectedH\x00\x12\x37\n\x08\x66inished\x18\x06 \x01(\x0b\x32#.polystream.conformance.v1.FinishedH\x00\x42\x06\n\x04kind\"D\n\x08Received\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0c\n\x04json\x18\x04 \x01(\t\"\x15\n\x04Sent\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\"3\n\tConnected\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x15\n\rlast_event_id\x18\x02 \x01(\t\"S\n\x0c\x44isconnected\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nwill_retry\x18\x03 \x01(\x08\x12\x10\n\x08\x64\x65lay_ms\x18\x04 \x01(\x03\"\xa9\x02\n\x08\x46inished\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x41\n\x07headers\x18\x03 \x03(\x0b\x32\x30.polystream.conformance.v1.Finished.HeadersEntry\x12\x43\n\x08trailers\x18\x04 \x03(\x0b\x32\x31.polystream.conformance.v1.Finished.TrailersEntry\x12\x15\n\rresponse_json\x18\x05 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rTrailersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x66\n\x0c\x43lientDriver\x12V\n\x03Run\x12%.polystream.conformance.v1.RunRequest\x1a&.polystream.conformance.v1.Observation0\x01\x42QZOgithub.com/polystream/polystream/go/gen/polystream/conformance/v1;conformancev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&polystream/conformance/v1/driver.proto\x12\x19polystream.conformance.v1\x1a!polystream/events/v1/events.proto\x1a#polystream/updates/v1/updates.proto\"\xc1\x05\n\nRunRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x39\n\tsubscribe\x18\x02 \x01(\x0b\x32$.polystream.conformance.v1.SubscribeH\x00\x12J\n\x12subscribe_multiple\x18\x03 \x01(\x0b\x32,.polystream.conformance.v1.SubscribeMultipleH\x00\x12\x35\n\x07updates\x18\x04 \x01(\x0b\x32\".polystream.conformance.v1.UpdatesH\x00\x12\x31\n\x05query\x18\x05 \x01(\x0b\x32 .polystream.conformance.v1.QueryH\x00\x12\x38\n\twatch_job\x18\x06 \x01(\x0b\x32#.polystream.conformance.v1.WatchJobH\x00\x12\x33\n\x06upload\x18\x07 \x01(\x0b\x32!.polystream.conformance.v1.UploadH\x00\x12/\n\x04\x63hat\x18\x08 \x01(\x0b\x32\x1f.polystream.conformance.v1.ChatH\x00\x12\x31\n\x05unary\x18\t \x01(\x0b\x32 .polystream.conformance.v1.UnaryH\x00\x12\x45\n\x08metadata\x18\n \x03(\x0b\x32\x33.polystream.conformance.v1.RunRequest.MetadataEntry\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x0b \x01(\x03\x12\x14\n\x0c\x63\x61ncel_after\x18\x0c \x01(\x05\x12\x15\n\rread_delay_ms\x18\r \x01(\x05\x12\x19\n\x11keepalive_time_ms\x18\x0e \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08scenario\"S\n\x07\x42\x61\x63koff\x12\x0f\n\x07\x62\x61se_ms\x18\x01 \x01(\x05\x12\x0e\n\x06max_ms\x18\x02 \x01(\x05\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\x12\x13\n\x0bmax_retries\x18\x04 \x01(\x05\"\xa0\x01\n\tSubscribe\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32&.polystream.events.v1.SubscribeRequest\x12\x11\n\tresilient\x18\x02 \x01(\x08\x12\x33\n\x07\x62\x61\x63koff\x18\x03 \x01(\x0b\x32\".polystream.conformance.v1.Backoff\x12\x12\n\nstop_after\x18\x04 \x01(\x05\"\xb9\x01\n\x11SubscribeMultiple\x12@\n\x05steps\x18\x01 \x03(\x0b\x32\x31.polystream.conformance.v1.SubscribeMultiple.Step\x12\x12\n\nstop_after\x18\x02 \x01(\x05\x1aN\n\x04Step\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32&.polystream.events.v1.SubscribeRequest\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x05\"W\n\x07Updates\x12\x38\n\x07request\x18\x01 \x01(\x0b\x32\'.polystream.updates.v1.SubscribeRequest\x12\x12\n\nstop_after\x18\x02 \x01(\x05\"=\n\x05Query\x12\x34\n\x07request\x18\x01 \x01(\x0b\x32#.polystream.updates.v1.QueryRequest\"Q\n\x08WatchJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x35\n\x05start\x18\x02 \x01(\x0b\x32&.polystream.updates.v1.StartJobRequest\"J\n\x06Upload\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\x15\n\rcontent_bytes\x18\x02 \x01(\x05\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x0c\n\x04room\x18\x04 \x01(\t\"N\n\x04\x43hat\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0c\n\x04room\x18\x03 \x01(\t\x12\x1b\n\x13send_all_then_close\x18\x04 \x01(\x08\"-\n\x05Unary\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x14\n\x0crequest_json\x18\x02 \x01(\t\"\xcb\x02\n\x0bObservation\x12\x15\n\rat_unix_nanos\x18\x01 \x01(\x03\x12\x37\n\x08received\x18\x02 \x01(\x0b\x32#.polystream.conformance.v1.ReceivedH\x00\x12/\n\x04sent\x18\x03 \x01(\x0b\x32\x1f.polystream.conformance.v1.SentH\x00\x12\x39\n\tconnected\x18\x04 \x01(\x0b\x32$.polystream.conformance.v1.ConnectedH\x00\x12?\n\x0c\x64isconnected\x18\x05 \x01(\x0b\x32\'.polystream.conformance.v1.DisconnectedH\x00\x12\x37\n\x08\x66inished\x18\x06 \x01(\x0b\x32#.polystream.conformance.v1.FinishedH\x00\x42\x06\n\x04kind\"D\n\x08Received\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0c\n\x04json\x18\x04 \x01(\t\"\x15\n\x04Sent\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\"3\n\tConnected\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x15\n\rlast_event_id\x18\x02 \x01(\t\"S\n\x0c\x44isconnected\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nwill_retry\x18\x03 \x01(\x08\x12\x10\n\x08\x64\x65lay_ms\x18\x04 \x01(\x03\"\xa9\x02\n\x08\x46inished\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x41\n\x07headers\x18\x03 \x03(\x0b\x32\x30.polystream.conformance.v1.Finished.HeadersEntry\x12\x43\n\x08trailers\x18\x04 \x03(\x0b\x32\x31.polystream.conformance.v1.Finished.TrailersEntry\x12\x15\n\rresponse_json\x18\x05 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rTrailersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x66\n\x0c\x43lientDriver\x12V\n\x03Run\x12%.polystream.conformance.v1.RunRequest\x1a&.polystream.conformance.v1.Observation0\x01\x42QZOgithub.com/polystream/polystream/go/gen/polystream/conformance/v1;conformancev1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'polystream.conformance.v1.driver_pb2', globals())
@@ -30,46 +29,46 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _FINISHED_HEADERSENTRY._serialized_options = b'8\001'
   _FINISHED_TRAILERSENTRY._options = None
   _FINISHED_TRAILERSENTRY._serialized_options = b'8\001'
-  _RUNREQUEST._serialized_start=173
-  _RUNREQUEST._serialized_end=878
-  _RUNREQUEST_METADATAENTRY._serialized_start=819
-  _RUNREQUEST_METADATAENTRY._serialized_end=866
-  _BACKOFF._serialized_start=880
-  _BACKOFF._serialized_end=963
-  _SUBSCRIBE._serialized_start=966
-  _SUBSCRIBE._serialized_end=1126
-  _SUBSCRIBEMULTIPLE._serialized_start=1129
-  _SUBSCRIBEMULTIPLE._serialized_end=1314
-  _SUBSCRIBEMULTIPLE_STEP._serialized_start=1236
-  _SUBSCRIBEMULTIPLE_STEP._serialized_end=1314
-  _UPDATES._serialized_start=1316
-  _UPDATES._serialized_end=1403
-  _QUERY._serialized_start=1405
-  _QUERY._serialized_end=1466
-  _WATCHJOB._serialized_start=1468
-  _WATCHJOB._serialized_end=1549
-  _UPLOAD._serialized_start=1551
-  _UPLOAD._serialized_end=1625
-  _CHAT._serialized_start=1627
-  _CHAT._serialized_end=1705
-  _UNARY._serialized_start=1707
-  _UNARY._serialized_end=1752
-  _OBSERVATION._serialized_start=1755
-  _OBSERVATION._serialized_end=2086
-  _RECEIVED._serialized_start=2088
-  _RECEIVED._serialized_end=2156
-  _SENT._serialized_start=2158
-  _SENT._serialized_end=2179
-  _CONNECTED._serialized_start=2181
-  _CONNECTED._serialized_end=2232
-  _DISCONNECTED._serialized_start=2234
-  _DISCONNECTED._serialized_end=2317
-  _FINISHED._serialized_start=2320
-  _FINISHED._serialized_end=2617
-  _FINISHED_HEADERSENTRY._serialized_start=2522
-  _FINISHED_HEADERSENTRY._serialized_end=2568
-  _FINISHED_TRAILERSENTRY._serialized_start=2570
-  _FINISHED_TRAILERSENTRY._serialized_end=2617
-  _CLIENTDRIVER._serialized_start=2619
-  _CLIENTDRIVER._serialized_end=2721
+  _RUNREQUEST._serialized_start=142
+  _RUNREQUEST._serialized_end=847
+  _RUNREQUEST_METADATAENTRY._serialized_start=788
+  _RUNREQUEST_METADATAENTRY._serialized_end=835
+  _BACKOFF._serialized_start=849
+  _BACKOFF._serialized_end=932
+  _SUBSCRIBE._serialized_start=935
+  _SUBSCRIBE._serialized_end=1095
+  _SUBSCRIBEMULTIPLE._serialized_start=1098
+  _SUBSCRIBEMULTIPLE._serialized_end=1283
+  _SUBSCRIBEMULTIPLE_STEP._serialized_start=1205
+  _SUBSCRIBEMULTIPLE_STEP._serialized_end=1283
+  _UPDATES._serialized_start=1285
+  _UPDATES._serialized_end=1372
+  _QUERY._serialized_start=1374
+  _QUERY._serialized_end=1435
+  _WATCHJOB._serialized_start=1437
+  _WATCHJOB._serialized_end=1518
+  _UPLOAD._serialized_start=1520
+  _UPLOAD._serialized_end=1594
+  _CHAT._serialized_start=1596
+  _CHAT._serialized_end=1674
+  _UNARY._serialized_start=1676
+  _UNARY._serialized_end=1721
+  _OBSERVATION._serialized_start=1724
+  _OBSERVATION._serialized_end=2055
+  _RECEIVED._serialized_start=2057
+  _RECEIVED._serialized_end=2125
+  _SENT._serialized_start=2127
+  _SENT._serialized_end=2148
+  _CONNECTED._serialized_start=2150
+  _CONNECTED._serialized_end=2201
+  _DISCONNECTED._serialized_start=2203
+  _DISCONNECTED._serialized_end=2286
+  _FINISHED._serialized_start=2289
+  _FINISHED._serialized_end=2586
+  _FINISHED_HEADERSENTRY._serialized_start=2491
+  _FINISHED_HEADERSENTRY._serialized_end=2537
+  _FINISHED_TRAILERSENTRY._serialized_start=2539
+  _FINISHED_TRAILERSENTRY._serialized_end=2586
+  _CLIENTDRIVER._serialized_start=2588
+  _CLIENTDRIVER._serialized_end=2690
 # @@protoc_insertion_point(module_scope)

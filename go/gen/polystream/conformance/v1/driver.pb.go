@@ -13,7 +13,6 @@
 package conformancev1
 
 import (
-	_ "github.com/polystream/polystream/go/gen/polystream/chat/v1"
 	v1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
 	v11 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
@@ -1311,7 +1310,7 @@ var File_polystream_conformance_v1_driver_proto protoreflect.FileDescriptor
 
 const file_polystream_conformance_v1_driver_proto_rawDesc = "" +
 	"\n" +
-	"&polystream/conformance/v1/driver.proto\x12\x19polystream.conformance.v1\x1a\x1dpolystream/chat/v1/chat.proto\x1a!polystream/events/v1/events.proto\x1a#polystream/updates/v1/updates.proto\"\xe3\x06\n" +
+	"&polystream/conformance/v1/driver.proto\x12\x19polystream.conformance.v1\x1a!polystream/events/v1/events.proto\x1a#polystream/updates/v1/updates.proto\"\xe3\x06\n" +
 	"\n" +
 	"RunRequest\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12D\n" +
