@@ -1,0 +1,7 @@
+"""`python -m polystream <command>`: the CLI (docs/cli.md)."""
+
+import sys
+
+from polystream.cli import main
+
+sys.exit(main())
