@@ -1,0 +1,346 @@
+"""Wires the services into one grpc.aio server: options (message sizes,
+concurrent streams, keepalive and its enforcement), health, reflection, the
+shutdown/stats interceptor, and the `python -m polystream serve` entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import inspect
+import logging
+import signal
+import sys
+from typing import Any, AsyncIterator, Callable, Optional
+
+import grpc
+
+from polystream import config as config_module
+from polystream import reflection
+from polystream.config import ServerConfig
+from polystream.services.events import EventService
+from polystream.services.updates import UpdatesService
+from polystream.vendor import grpc_health_v1_pb2 as health_pb
+from polystream.vendor import grpc_health_v1_pb2_grpc as health_grpc
+
+try:  # TEMPORARY: chat.py is being written in parallel; drop this guard once it exists.
+    from polystream.services.chat import ChatService
+except ImportError:  # pragma: no cover
+    ChatService = None  # type: ignore[assignment,misc]
+
+SHUTTING_DOWN = "server is shutting down"
+SERVICE_NAMES = (
+    "polystream.events.v1.EventService",
+    "polystream.updates.v1.StreamService",
+    "polystream.chat.v1.ChatService",
+)
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+
+log = logging.getLogger("polystream.server")
+
+
+# --- the interceptor: shutdown of long-lived streams, stats, the "rpc" record ---
+
+
+class StreamGuard(grpc.aio.ServerInterceptor):
+    """Ends every streaming RPC with UNAVAILABLE once graceful shutdown begins
+    (the services know nothing about shutdown), counts requests and open
+    streams, and logs one `rpc` record per finished RPC."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._shutdown: Optional[asyncio.Future] = None  # resolved when shutdown begins
+        self.requests = 0
+        self.active_streams = 0
+
+    def stats(self) -> tuple[int, int]:
+        """(requests started since start, streaming RPCs open now), for StreamMetrics."""
+        return self.requests, self.active_streams
+
+    def begin_shutdown(self) -> None:
+        if not self._shutdown_future().done():
+            self._shutdown_future().set_result(None)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown is not None and self._shutdown.done()
+
+    def _shutdown_future(self) -> asyncio.Future:
+        if self._shutdown is None:
+            self._shutdown = asyncio.get_running_loop().create_future()
+        return self._shutdown
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=self._unary(handler.unary_unary, method))
+        if handler.stream_unary is not None:
+            return handler._replace(stream_unary=self._client_stream(handler.stream_unary, method))
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=self._server_stream(handler.unary_stream, method))
+        return handler._replace(stream_stream=self._server_stream(handler.stream_stream, method))
+
+    def _started(self, context: grpc.aio.ServicerContext, method: str, streaming: bool) -> None:
+        self.requests += 1
+        if streaming:
+            self.active_streams += 1
+
+        def finished(ctx: grpc.aio.ServicerContext) -> None:
+            if streaming:
+                self.active_streams -= 1
+            code = ctx.code()
+            if ctx.cancelled():
+                code = grpc.StatusCode.CANCELLED
+            name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code is None else str(code)
+            self._logger.info("rpc", extra={"method": method, "code": name})
+
+        context.add_done_callback(finished)
+
+    def _unary(self, behavior: Callable, method: str) -> Callable:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self._started(context, method, streaming=False)
+            return await behavior(request, context)  # unary calls finish within the grace period
+
+        return unary
+
+    def _client_stream(self, behavior: Callable, method: str) -> Callable:
+        async def client_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            self._started(context, method, streaming=True)
+            return await self._until_shutdown(behavior(request_iterator, context), context)
+
+        return client_stream
+
+    def _server_stream(self, behavior: Callable, method: str) -> Callable:
+        if not inspect.isasyncgenfunction(behavior):  # a handler that writes with context.write
+
+            async def writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                self._started(context, method, streaming=True)
+                return await self._until_shutdown(behavior(request, context), context)
+
+            return writer
+
+        async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            # Each step of the handler runs as a task so that shutdown can
+            # interrupt a handler parked on its own queue; cancelling the step
+            # runs the handler's cleanup.
+            self._started(context, method, streaming=True)
+            responses = behavior(request, context)
+            shutdown = self._shutdown_future()
+            step: Optional[asyncio.Future] = None
+            try:
+                while not shutdown.done():
+                    step = asyncio.ensure_future(responses.__anext__())
+                    await asyncio.wait((step, shutdown), return_when=asyncio.FIRST_COMPLETED)
+                    if not step.done():
+                        break
+                    try:
+                        response = step.result()
+                    except StopAsyncIteration:
+                        return
+                    step = None
+                    yield response
+            finally:
+                if step is not None and not step.done():
+                    step.cancel()
+                    await asyncio.wait((step,))
+                await responses.aclose()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+        return generator
+
+    async def _until_shutdown(self, coroutine, context: grpc.aio.ServicerContext) -> Any:
+        if self.shutting_down:
+            coroutine.close()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        work = asyncio.ensure_future(coroutine)
+        try:
+            await asyncio.wait((work, self._shutdown_future()), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():
+                work.cancel()
+                await asyncio.wait((work,))
+        if not work.cancelled():
+            return work.result()
+        await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+
+# --- health ---
+
+
+class HealthService(health_grpc.HealthServicer):
+    """grpc.health.v1: SERVING while up, NOT_SERVING once shutdown begins."""
+
+    def __init__(self, service_names: tuple[str, ...]) -> None:
+        self._statuses = {name: health_pb.HealthCheckResponse.SERVING for name in ("", *service_names)}
+        self._watchers: set[asyncio.Queue] = set()
+
+    def register(self, server: grpc.aio.Server) -> None:
+        health_grpc.add_HealthServicer_to_server(self, server)
+
+    def set_all(self, status: int) -> None:
+        for name in self._statuses:
+            self._statuses[name] = status
+        for queue in self._watchers:
+            queue.put_nowait(None)
+
+    async def Check(self, request, context):
+        status = self._statuses.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return health_pb.HealthCheckResponse(status=status)
+
+    async def List(self, request, context):
+        response = health_pb.HealthListResponse()
+        for name, status in self._statuses.items():
+            response.statuses[name].status = status
+        return response
+
+    async def Watch(self, request, context):
+        changed: asyncio.Queue = asyncio.Queue()
+        self._watchers.add(changed)
+        try:
+            last = None
+            while True:
+                status = self._statuses.get(request.service, health_pb.HealthCheckResponse.SERVICE_UNKNOWN)
+                if status != last:
+                    last = status
+                    yield health_pb.HealthCheckResponse(status=status)
+                await changed.get()
+        finally:
+            self._watchers.discard(changed)
+
+
+# --- the server ---
+
+
+def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
+    min_ping_ms = int(config.keepalive_min_time * 1000)
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", config.max_message_size),
+        ("grpc.max_send_message_length", config.max_message_size),
+        ("grpc.keepalive_time_ms", int(config.keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout * 1000)),
+        # Enforcement: clients may ping every keepalive-min-time, with or
+        # without streams (grpcio's default of 5 min would answer Go clients'
+        # 10 s pings with GOAWAY too_many_pings).
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", min_ping_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", min_ping_ms),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", 0),  # port 0 must mean a port nobody else holds
+    ]
+    if config.max_concurrent_streams > 0:
+        options.append(("grpc.max_concurrent_streams", config.max_concurrent_streams))
+    return options
+
+
+@dataclasses.dataclass
+class RunningServer:
+    address: str  # "HOST:PORT"
+    port: int
+    events: EventService
+    updates: Any
+    chat: Any
+    config: ServerConfig
+    _server: grpc.aio.Server
+    _guard: StreamGuard
+    _health: HealthService
+    _log_handler: Optional[logging.Handler]
+    _stopped: bool = False
+
+    def stats(self) -> tuple[int, int]:
+        return self._guard.stats()
+
+    async def stop(self) -> None:
+        """Graceful shutdown: NOT_SERVING, streams end with UNAVAILABLE, unary
+        calls get up to --shutdown-grace, then the services close."""
+        if self._stopped:
+            return
+        self._stopped = True
+        log.info("shutting down", extra={"grace": str(self.config.shutdown_grace)})
+        self._health.set_all(health_pb.HealthCheckResponse.NOT_SERVING)
+        await asyncio.sleep(0)  # let health watchers take NOT_SERVING before their stream ends
+        self._guard.begin_shutdown()
+        await self._server.stop(self.config.shutdown_grace)
+        for service in (self.chat, self.updates, self.events):
+            if service is not None:
+                await service.close()
+        if self._log_handler is not None:
+            logging.getLogger("polystream").removeHandler(self._log_handler)
+
+
+async def start_server(config: ServerConfig) -> RunningServer:
+    root_logger = logging.getLogger("polystream")
+    root_logger.setLevel(LOG_LEVELS[config.log_level])
+    guard = StreamGuard(log)
+    events = EventService(config, logging.getLogger("polystream.events"))
+    updates = UpdatesService(config, logging.getLogger("polystream.updates"))
+    chat = ChatService(config, logging.getLogger("polystream.chat"), guard.stats) if ChatService else None
+    log_handler = getattr(updates, "log_handler", None)
+    if log_handler is not None:  # TailLogs reads the server's own records
+        root_logger.addHandler(log_handler)
+
+    server = grpc.aio.server(interceptors=(guard,), options=server_options(config))
+    health = HealthService(SERVICE_NAMES)
+    services = [s for s in (events, updates, chat) if s is not None]
+    for service in services:
+        service.register(server)
+    health.register(server)
+    reflection.ServerReflection((*SERVICE_NAMES, "grpc.health.v1.Health")).register(server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {config.host}:{config.port}")
+    for service in services:
+        await service.start()
+    await server.start()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    address = f"{host}:{port}"
+    log.info("listening", extra={"address": address})
+    return RunningServer(address, port, events, updates, chat, config, server, guard, health, log_handler)
+
+
+# --- `python -m polystream serve` ---
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger("polystream")
+    root.addHandler(handler)
+    root.setLevel(LOG_LEVELS[level])
+
+
+async def _serve(config: ServerConfig) -> None:
+    running = await start_server(config)
+    print(f"polystream listening on {running.address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await running.stop()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="polystream serve", description="Run the polystream server.")
+    config_module.add_serve_flags(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = config_module.from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))  # exits 2, like a bad flag
+    _configure_logging(config.log_level)
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        print(f"polystream: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

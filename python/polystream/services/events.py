@@ -1,0 +1,244 @@
+"""EventService: SSE-style pub/sub over a sequenced, retained (optionally
+durable) event log. Rules: SPEC.md and docs/contract.md.
+
+The path of an event is publish -> EventLog (events_log.py) -> each
+subscriber's SubscriberQueue (events_queue.py) -> the stream below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import AsyncIterator, Optional
+
+import grpc
+from google.protobuf import any_pb2, timestamp_pb2
+
+from polystream.config import ServerConfig
+from polystream.events.v1 import events_pb2, events_pb2_grpc
+from polystream.services.events_filter import PatternError, TypeFilter
+from polystream.services.events_log import Draft, EventLog, ReplayGap, Subscriber, Subscription
+from polystream.services.events_queue import Closed, DroppedMarker, QueueClosed, SubscriptionUpdated
+from polystream.services.events_store import SqliteEventStore, StoredEvent
+
+DEFAULT_CHANNEL = "default"
+DEFAULT_HEARTBEAT_SECONDS = 30
+
+
+class BadRequest(Exception):
+    """INVALID_ARGUMENT with the contract's message."""
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(time.time_ns())
+    return stamp
+
+
+def _control(event_type: str, channel: str, metadata: dict[str, str]) -> events_pb2.Event:
+    """Control events are not in the log: sequence 0, no id."""
+    return events_pb2.Event(type=event_type, timestamp=_now(), metadata=metadata, channel=channel)
+
+
+def _heartbeat(channel: str, count: int) -> events_pb2.Event:
+    event = events_pb2.Event(type="heartbeat", timestamp=_now(), channel=channel)
+    event.payload.Pack(events_pb2.HeartbeatEvent(timestamp=event.timestamp, sequence=count))
+    return event
+
+
+def _gap_event(gap: ReplayGap, channel: str) -> events_pb2.Event:
+    return _control(
+        "polystream.replay_gap",
+        channel,
+        {"requested_id": gap.requested_id, "oldest_retained_id": gap.oldest_retained_id},
+    )
+
+
+def _dropped_event(marker: DroppedMarker, channel: str) -> events_pb2.Event:
+    return _control(
+        "polystream.dropped",
+        channel,
+        {
+            "count": str(marker.count),
+            "first_dropped_id": marker.first.id,
+            "last_dropped_id": marker.last.id,
+            "first_dropped_sequence": str(marker.first.sequence),
+            "last_dropped_sequence": str(marker.last.sequence),
+        },
+    )
+
+
+def _updated_event(update: SubscriptionUpdated) -> events_pb2.Event:
+    return _control(
+        "polystream.subscription_updated",
+        update.channel,
+        {"channel": update.channel, "event_types": ",".join(update.event_types)},
+    )
+
+
+def _parse_subscription(request: events_pb2.SubscribeRequest) -> tuple[str, TypeFilter]:
+    """Checks a SubscribeRequest in the contract's order; returns (channel, filter)."""
+    if not request.client_id:
+        raise BadRequest("client_id is required")
+    if request.heartbeat_interval < 0:
+        raise BadRequest(f"heartbeat_interval must be >= 0, got {request.heartbeat_interval}")
+    try:
+        type_filter = TypeFilter(request.event_types)
+    except PatternError as exc:
+        raise BadRequest(str(exc)) from None
+    return request.channel or DEFAULT_CHANNEL, type_filter
+
+
+class EventService(events_pb2_grpc.EventServiceServicer):
+    def __init__(self, config: ServerConfig, logger: logging.Logger) -> None:
+        self._logger = logger
+        store = SqliteEventStore(config.data_dir, config.history_size) if config.data_dir else None
+        self._log = EventLog(config.history_size, config.queue_size, config.backpressure, config.publish_timeout, store)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        events_pb2_grpc.add_EventServiceServicer_to_server(self, server)
+
+    async def start(self) -> None:
+        await self._log.open()
+
+    async def close(self) -> None:
+        await self._log.close()
+
+    @property
+    def active_streams(self) -> int:
+        return self._log.active_streams
+
+    # --- RPCs ---
+
+    async def Broadcast(self, request: events_pb2.BroadcastRequest, context: grpc.aio.ServicerContext) -> events_pb2.BroadcastResponse:
+        if not request.HasField("event"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "event is required")
+        event = request.event
+        if not event.type:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "event.type is required")
+        draft = Draft(
+            id=event.id,
+            type=event.type,
+            channels=tuple(dict.fromkeys(c or DEFAULT_CHANNEL for c in request.target_channels)),
+            data=event.data,
+            payload=event.payload.SerializeToString() if event.HasField("payload") else None,
+            metadata=dict(event.metadata),
+        )
+        published = await self._log.publish(draft)
+        self._logger.debug("published %s seq=%d recipients=%d", published.event_id, published.sequence, published.recipients)
+        return events_pb2.BroadcastResponse(
+            recipients=published.recipients, event_id=published.event_id, sequence=published.sequence
+        )
+
+    async def GetConnectionStatus(self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext) -> events_pb2.ConnectionStatus:
+        if not request.client_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_id is required")
+        stats, oldest_ns = self._log.status(request.client_id)
+        status = events_pb2.ConnectionStatus(
+            client_id=request.client_id,
+            connected=oldest_ns is not None,
+            events_received=stats.events_received,
+            events_dropped=stats.events_dropped,
+            active_streams=len(stats.open_streams),
+        )
+        if oldest_ns is not None:
+            status.connected_at.FromNanoseconds(oldest_ns)
+        return status
+
+    async def Subscribe(self, request: events_pb2.SubscribeRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[events_pb2.Event]:
+        try:
+            channel, type_filter = _parse_subscription(request)
+        except BadRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        subscription = self._log.subscribe(request.client_id, channel, type_filter, request.last_event_id)
+        async for event in self._deliver(subscription, request.heartbeat_interval, context):
+            yield event
+
+    async def SubscribeMultiple(self, request_iterator: AsyncIterator[events_pb2.SubscribeRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[events_pb2.Event]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:  # half-closed without subscribing
+            return
+        try:
+            channel, type_filter = _parse_subscription(first)
+        except BadRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        subscription = self._log.subscribe(first.client_id, channel, type_filter, first.last_event_id)
+        follower = asyncio.create_task(self._follow_updates(request_iterator, subscription.subscriber))
+        try:
+            async for event in self._deliver(subscription, first.heartbeat_interval, context):
+                yield event
+        finally:
+            follower.cancel()
+
+    # --- streaming ---
+
+    async def _follow_updates(self, requests: AsyncIterator[events_pb2.SubscribeRequest], subscriber: Subscriber) -> None:
+        """Applies later SubscribeMultiple requests; ends the stream at half-close or on a bad one."""
+        reason = Closed()
+        try:
+            async for request in requests:
+                if request.client_id != subscriber.client_id:
+                    raise BadRequest("client_id cannot change within a stream")
+                channel, type_filter = _parse_subscription(request)
+                self._log.update(subscriber, channel, type_filter)
+        except BadRequest as exc:
+            reason = Closed(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the call itself failed (cancelled by the client, connection lost)
+            self._logger.debug("SubscribeMultiple request stream ended abnormally", exc_info=True)
+        subscriber.queue.close(reason)
+
+    async def _deliver(self, subscription: Subscription, heartbeat_interval: int, context: grpc.aio.ServicerContext) -> AsyncIterator[events_pb2.Event]:
+        """Replay, then live events, heartbeats and control events until the queue closes."""
+        subscriber = subscription.subscriber
+        # The client going away (cancel, deadline, lost connection) frees the
+        # subscription at once, even while this generator is parked in a write.
+        context.add_done_callback(lambda _: self._log.unsubscribe(subscriber))
+        channel = subscriber.channel  # the channel of what is queued; switches at each acknowledgement
+        client_id = subscriber.client_id
+        self._logger.debug("subscribe client=%s channel=%s stream=%d", client_id, channel, subscriber.stream_id)
+        try:
+            if subscription.gap is not None:
+                yield _gap_event(subscription.gap, channel)
+            for stored in subscription.replay:
+                yield stored.to_proto(channel)
+                self._log.count_delivered(client_id)
+            async for item in self._live(subscriber, heartbeat_interval or DEFAULT_HEARTBEAT_SECONDS, context):
+                if isinstance(item, StoredEvent):
+                    yield item.to_proto(channel)
+                    self._log.count_delivered(client_id)
+                elif isinstance(item, DroppedMarker):
+                    yield _dropped_event(item, channel)
+                elif isinstance(item, SubscriptionUpdated):
+                    channel = item.channel
+                    yield _updated_event(item)
+                else:  # a heartbeat, already built
+                    item.channel = channel
+                    yield item
+        finally:
+            self._log.unsubscribe(subscriber)
+            self._logger.debug("unsubscribe client=%s stream=%d", client_id, subscriber.stream_id)
+
+    async def _live(self, subscriber: Subscriber, heartbeat_seconds: int, context: grpc.aio.ServicerContext):
+        loop = asyncio.get_running_loop()
+        queue = subscriber.queue
+        beats = 0
+        next_beat = loop.time() + heartbeat_seconds
+        while True:
+            now = loop.time()
+            if now >= next_beat:
+                next_beat = now + heartbeat_seconds
+                if not queue.full:  # a heartbeat never takes a slot from an event
+                    beats += 1
+                    yield _heartbeat("", beats)
+                continue
+            try:
+                item: Optional[object] = await queue.take(next_beat - now)
+            except QueueClosed as closed:
+                if closed.reason.code is None:
+                    return
+                await context.abort(closed.reason.code, closed.reason.details)
+            if item is not None:
+                yield item

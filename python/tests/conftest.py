@@ -1,0 +1,65 @@
+"""Shared fixtures: real servers on 127.0.0.1 port 0 and real grpc.aio channels."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # python/, for `import polystream`
+
+import asyncio  # noqa: E402
+from typing import Awaitable, Callable  # noqa: E402
+
+import grpc  # noqa: E402
+import pytest  # noqa: E402
+
+from polystream.config import ServerConfig  # noqa: E402
+from polystream.server import RunningServer  # noqa: E402
+from polystream.server import start_server as _start_server  # noqa: E402
+
+
+@pytest.fixture
+async def start_server() -> Callable[..., Awaitable[RunningServer]]:
+    """`await start_server(**ServerConfig fields)` -> a running server on a free
+    port; every server started is stopped at teardown."""
+    servers: list[RunningServer] = []
+
+    async def start(**overrides) -> RunningServer:
+        config = ServerConfig(**{"host": "127.0.0.1", "port": 0, **overrides})
+        running = await _start_server(config)
+        servers.append(running)
+        return running
+
+    yield start
+    for running in reversed(servers):
+        await running.stop()
+
+
+@pytest.fixture
+async def open_channel() -> Callable[..., grpc.aio.Channel]:
+    """`open_channel(address, options=...)` -> a grpc.aio channel closed at teardown."""
+    channels: list[grpc.aio.Channel] = []
+
+    def open_(address: str, options=()) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(address, options=list(options))
+        channels.append(channel)
+        return channel
+
+    yield open_
+    for channel in channels:
+        await channel.close()
+
+
+async def eventually(condition: Callable[[], Awaitable[bool] | bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Awaits until `condition()` is true (polling a server-side state that has no event to wait on)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
