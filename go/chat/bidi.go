@@ -1,0 +1,160 @@
+package chat
+
+import (
+	"context"
+	"io"
+	"sync"
+	"time"
+
+	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
+)
+
+// inbound is what the receiving goroutine hands the sending one: an echo to
+// send, or the error that ends the stream.
+type inbound struct {
+	echo *chatv1.Message
+	err  error
+}
+
+// joinedRoom tells the sender which queue and room the stream joined.
+type joinedRoom struct {
+	m    *member
+	room string
+}
+
+// chatState is what the receiver learned, read by the final log record.
+type chatState struct {
+	mu       sync.Mutex
+	room     string
+	received int
+	m        *member
+}
+
+// Chat runs two goroutines: the handler's is the stream's only sender
+// (echoes, room messages, keep-alives, each stamped with the next sequence);
+// the other receives. Echoes pass through a small channel the receiver blocks
+// on, so a client that stops reading its echoes is paced by flow control
+// rather than buffered without bound; room messages from others use the
+// member's drop-only queue. The handler never waits for the receiver: a Recv
+// blocked on a silent client returns when the handler has ended the stream.
+func (s *Service) Chat(stream chatv1.ChatService_ChatServer) (err error) {
+	ctx, done := s.streamCtx(stream.Context())
+	defer done()
+
+	st := &chatState{}
+	defer func() {
+		st.mu.Lock()
+		room, received := st.room, st.received
+		var dropped uint64
+		if st.m != nil {
+			dropped = st.m.dropped.Load()
+		}
+		st.mu.Unlock()
+		s.logRPC(stream.Context(), chatv1.ChatService_Chat_FullMethodName, err, "room", room, "messages", received, "dropped", dropped)
+	}()
+
+	joined := make(chan joinedRoom, 1)
+	in := make(chan inbound, 16)
+	go s.chatReceive(stream, ctx, st, joined, in)
+
+	var (
+		seq   uint64
+		queue <-chan *chatv1.Message // nil until joined, so it never fires
+		room  string
+	)
+	send := func(msg *chatv1.Message) error {
+		seq++
+		return stream.Send(stamped(msg, seq))
+	}
+	tick := time.NewTicker(s.keepAlive)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return s.endErr(ctx)
+		case j := <-joined:
+			queue, room = j.m.queue, j.room
+		case it, ok := <-in:
+			if !ok {
+				return nil // half-closed and every echo sent
+			}
+			if it.err != nil {
+				if ctx.Err() != nil {
+					return s.endErr(ctx)
+				}
+				return it.err
+			}
+			if err := send(it.echo); err != nil {
+				return err
+			}
+		case msg := <-queue:
+			if err := send(msg); err != nil {
+				return err
+			}
+		case <-tick.C:
+			if err := send(systemMessage(chatv1.MessageType_MESSAGE_TYPE_SYSTEM, "system", room, "keep-alive")); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// chatReceive reads the client's messages: the first one joins its room, each
+// is broadcast to the others there and handed to the sender as an echo.
+func (s *Service) chatReceive(stream chatv1.ChatService_ChatServer, ctx context.Context, st *chatState, joined chan<- joinedRoom, in chan<- inbound) {
+	defer close(in)
+	var (
+		me   *member
+		room string
+	)
+	defer func() {
+		if me != nil {
+			s.rooms.leave(room, me)
+			s.rooms.deliver(room, systemMessage(chatv1.MessageType_MESSAGE_TYPE_LEAVE, me.user, room, me.user+" left"), me)
+		}
+	}()
+	push := func(it inbound) bool {
+		select {
+		case in <- it:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			push(inbound{err: err})
+			return
+		}
+		// The stream's room is its first message's room; later messages go
+		// to the same room.
+		r := room
+		if me == nil {
+			r = roomName(msg.GetRoom())
+		}
+		echo, err := accept(msg, r)
+		if err != nil {
+			push(inbound{err: err})
+			return
+		}
+		if me == nil {
+			room = r
+			me = newMember(msg.GetUser())
+			s.rooms.join(room, me)
+			joined <- joinedRoom{m: me, room: room}
+			s.rooms.deliver(room, systemMessage(chatv1.MessageType_MESSAGE_TYPE_JOIN, me.user, room, me.user+" joined"), me)
+		}
+		st.mu.Lock()
+		st.room, st.m = room, me
+		st.received++
+		st.mu.Unlock()
+		s.rooms.deliver(room, echo, me)
+		if !push(inbound{echo: echo}) {
+			return
+		}
+	}
+}

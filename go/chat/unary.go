@@ -1,0 +1,44 @@
+package chat
+
+import (
+	"context"
+	"io"
+
+	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
+)
+
+func (s *Service) SendMessage(ctx context.Context, req *chatv1.SendMessageRequest) (resp *chatv1.SendMessageResponse, err error) {
+	room := roomName(req.GetRoom())
+	defer func() { s.logRPC(ctx, chatv1.ChatService_SendMessage_FullMethodName, err, "room", room) }()
+	msg, err := accept(&chatv1.Message{User: req.GetUser(), Content: req.GetContent()}, room)
+	if err != nil {
+		return nil, err
+	}
+	s.rooms.deliver(room, msg, nil)
+	return &chatv1.SendMessageResponse{MessageId: msg.GetId(), Timestamp: msg.GetTimestamp()}, nil
+}
+
+// UploadMessages delivers each message to its room as it arrives; gRPC flow
+// control paces a fast uploader because nothing is buffered here.
+func (s *Service) UploadMessages(stream chatv1.ChatService_UploadMessagesServer) (err error) {
+	var count int32
+	defer func() {
+		s.logRPC(stream.Context(), chatv1.ChatService_UploadMessages_FullMethodName, err, "message_count", count)
+	}()
+	for {
+		in, err := stream.Recv()
+		if err == io.EOF {
+			return stream.SendAndClose(&chatv1.UploadResponse{MessageCount: count, Success: true})
+		}
+		if err != nil {
+			return err
+		}
+		room := roomName(in.GetRoom())
+		msg, err := accept(in, room)
+		if err != nil {
+			return err
+		}
+		count++
+		s.rooms.deliver(room, msg, nil)
+	}
+}

@@ -1,0 +1,228 @@
+package updates
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+
+	sqlite "modernc.org/sqlite"
+
+	updatesv1 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
+)
+
+const (
+	queryRows        = 10000 // rows in large_table
+	defaultBatchSize = 100
+	maxBatchSize     = 10000
+)
+
+// queryDB is the seeded database, opened read-only: whatever the statement
+// check lets through, SQLite itself refuses to write.
+type queryDB struct {
+	db     *sql.DB
+	active atomic.Int64 // queries running now (tests check cancellation with it)
+}
+
+// openQueryDB (re)builds dir/query.db with the contract's data and opens it
+// read-only. The file is rebuilt aside and renamed into place, so the data is
+// always exactly the contract's and a reader never sees a half-seeded file.
+func openQueryDB(dir string) (*queryDB, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	path, err := filepath.Abs(filepath.Join(dir, "query.db"))
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.CreateTemp(dir, "query.db.seed-")
+	if err != nil {
+		return nil, err
+	}
+	tmp.Close()
+	defer os.Remove(tmp.Name())
+	if err := seed(tmp.Name()); err != nil {
+		return nil, fmt.Errorf("seed query database: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return nil, err
+	}
+	dsn := (&url.URL{Scheme: "file", Path: path, RawQuery: "mode=ro&_pragma=busy_timeout(5000)"}).String()
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(8)
+	db.SetMaxIdleConns(2)
+	if err := db.Ping(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &queryDB{db: db}, nil
+}
+
+// seed writes large_table: id 1..10000, name item-%05d, value (id*7919)%10007.
+func seed(path string) error {
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	tx, err := db.Begin()
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec(`CREATE TABLE large_table (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value INTEGER NOT NULL)`); err != nil {
+		return err
+	}
+	ins, err := tx.Prepare(`INSERT INTO large_table (id, name, value) VALUES (?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	defer ins.Close()
+	for id := 1; id <= queryRows; id++ {
+		if _, err := ins.Exec(id, fmt.Sprintf("item-%05d", id), (id*7919)%10007); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+func (q *queryDB) close() error { return q.db.Close() }
+
+func (s *Service) StreamQueryResults(req *updatesv1.QueryRequest, stream updatesv1.StreamService_StreamQueryResultsServer) (err error) {
+	defer func() { s.logRPC(stream.Context(), updatesv1.StreamService_StreamQueryResults_FullMethodName, err) }()
+	if strings.TrimSpace(req.GetQuery()) == "" {
+		return invalid("query is required")
+	}
+	batch := int(req.GetBatchSize())
+	if batch < 0 || batch > maxBatchSize {
+		return invalid("batch_size must be between 0 and %d, got %d", maxBatchSize, batch)
+	}
+	if batch == 0 {
+		batch = defaultBatchSize
+	}
+	stmt, ok := singleSelect(req.GetQuery())
+	if !ok {
+		return invalid("only a single SELECT statement is allowed")
+	}
+
+	// Every step runs under the stream's context: a client that goes away
+	// interrupts SQLite (QueryContext), it does not leave the query running.
+	ctx, done := s.streamCtx(stream.Context())
+	defer done()
+	s.query.active.Add(1)
+	defer s.query.active.Add(-1)
+
+	var count int64
+	if err := s.query.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM (\n"+stmt+"\n)").Scan(&count); err != nil {
+		return s.queryErr(ctx, err)
+	}
+	total := int32(max(1, (count+int64(batch)-1)/int64(batch)))
+
+	rows, err := s.query.db.QueryContext(ctx, stmt)
+	if err != nil {
+		return s.queryErr(ctx, err)
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return s.queryErr(ctx, err)
+	}
+	vals := make([]any, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	readRow := func() (*updatesv1.Row, error) {
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, err
+		}
+		m := make(map[string]string, len(cols))
+		for i, c := range cols {
+			m[c] = formatValue(vals[i])
+		}
+		return &updatesv1.Row{Columns: m}, nil
+	}
+
+	// One batch is held back until the next row is known to exist, so is_last
+	// comes from the cursor itself, never from a guess: at most batch+1 rows
+	// are in memory.
+	var (
+		seq   uint64
+		num   int32
+		cur   = make([]*updatesv1.Row, 0, batch)
+		more  = rows.Next()
+		flush = func(last bool) error {
+			seq++
+			num++
+			t := total
+			if t < num || (last && t != num) {
+				t = num // the data moved between COUNT and SELECT (random(), say)
+			}
+			err := stream.Send(&updatesv1.QueryResult{Rows: cur, BatchNumber: num, TotalBatches: t, IsLast: last, Sequence: seq})
+			cur = make([]*updatesv1.Row, 0, batch)
+			return err
+		}
+	)
+	for more {
+		row, err := readRow()
+		if err != nil {
+			return s.queryErr(ctx, err)
+		}
+		cur = append(cur, row)
+		more = rows.Next()
+		if len(cur) == batch || !more {
+			if !more {
+				if err := rows.Err(); err != nil {
+					return s.queryErr(ctx, err)
+				}
+			}
+			if err := flush(!more); err != nil {
+				return err
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return s.queryErr(ctx, err)
+	}
+	if num == 0 { // empty result: one empty, last batch
+		return flush(true)
+	}
+	return nil
+}
+
+// queryErr tells a cancelled query (the client left, or shutdown) from an SQL
+// error, which is the client's mistake.
+func (s *Service) queryErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return s.endErr(ctx)
+	}
+	return invalid("query failed: %s", sqliteMessage(err))
+}
+
+// sqliteSuffix is the " (1)" result code modernc appends to messages.
+var sqliteSuffix = regexp.MustCompile(` \(\d+\)$`)
+
+// sqliteMessage strips the Go driver's decorations so the text is close to
+// what Python's sqlite3 module reports ("no such table: x").
+func sqliteMessage(err error) string {
+	var se *sqlite.Error
+	msg := err.Error()
+	if errors.As(err, &se) {
+		msg = se.Error()
+	}
+	msg = sqliteSuffix.ReplaceAllString(msg, "")
+	if i := strings.Index(msg, ": "); i >= 0 && strings.HasPrefix(msg, "SQL logic error") {
+		msg = msg[i+2:]
+	}
+	return msg
+}

@@ -1,0 +1,178 @@
+// Package updates implements polystream.updates.v1.StreamService: topic
+// updates, batched query results over SQLite, job progress and log tailing.
+// Semantics: docs/contract.md and docs/patterns/{updates,query,jobs,logs}.md.
+package updates
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	updatesv1 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
+)
+
+// Config configures a Service.
+type Config struct {
+	QueueSize int          // per-subscriber queue for topic updates, default 256 (drop-only, drops counted)
+	Logs      *LogRing     // required: TailLogs source
+	Logger    *slog.Logger // may be nil
+	DataDir   string       // where to put the seeded query DB; "" = a temp dir removed on Close
+}
+
+// Service is the StreamService implementation.
+type Service struct {
+	updatesv1.UnimplementedStreamServiceServer
+
+	log    *slog.Logger
+	logs   *LogRing
+	topics *topicHub
+	query  *queryDB
+	jobs   *jobManager
+
+	// base is cancelled by Close so long-lived streams end instead of
+	// outliving the service.
+	base      context.Context
+	cancel    context.CancelFunc
+	closeOnce sync.Once
+	tmpDir    string
+}
+
+// New seeds (or reuses) the query database and returns a ready service.
+func New(cfg Config) (*Service, error) {
+	if cfg.Logs == nil {
+		return nil, errors.New("updates: Config.Logs is required")
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = 256
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{
+		log:    log,
+		logs:   cfg.Logs,
+		topics: newTopicHub(cfg.QueueSize),
+	}
+	s.base, s.cancel = context.WithCancel(context.Background())
+	dir := cfg.DataDir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "polystream-query-")
+		if err != nil {
+			return nil, err
+		}
+		dir, s.tmpDir = d, d
+	}
+	q, err := openQueryDB(dir)
+	if err != nil {
+		if s.tmpDir != "" {
+			os.RemoveAll(s.tmpDir)
+		}
+		return nil, err
+	}
+	s.query = q
+	s.jobs = newJobManager(log)
+	return s, nil
+}
+
+// Register adds the service to a gRPC server.
+func (s *Service) Register(r grpc.ServiceRegistrar) {
+	updatesv1.RegisterStreamServiceServer(r, s)
+}
+
+// Close cancels running jobs, ends open streams and closes the database.
+func (s *Service) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		s.cancel()
+		s.jobs.close()
+		err = s.query.close()
+		if s.tmpDir != "" {
+			if rerr := os.RemoveAll(s.tmpDir); err == nil {
+				err = rerr
+			}
+		}
+	})
+	return err
+}
+
+// errClosing ends a stream that is still open when the service closes.
+var errClosing = status.Error(codes.Unavailable, "server is shutting down")
+
+// streamCtx returns the stream's context, also cancelled when the service
+// closes; call the returned func when the handler ends.
+func (s *Service) streamCtx(ctx context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.base, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+// endErr turns a context ending into the status the client should see.
+func (s *Service) endErr(ctx context.Context) error {
+	if s.base.Err() != nil {
+		return errClosing
+	}
+	return status.FromContextError(ctx.Err()).Err()
+}
+
+// logRPC writes the one "rpc" record per call that the contract asks for.
+func (s *Service) logRPC(ctx context.Context, method string, err error, attrs ...any) {
+	logRPC(ctx, s.log, method, err, attrs...)
+}
+
+func logRPC(ctx context.Context, log *slog.Logger, method string, err error, attrs ...any) {
+	args := append([]any{"method", method, "code", codeName(status.Code(err))}, attrs...)
+	log.InfoContext(context.WithoutCancel(ctx), "rpc", args...)
+}
+
+// codeName spells a code as the CLI and Python do (INVALID_ARGUMENT).
+func codeName(c codes.Code) string {
+	switch c {
+	case codes.OK:
+		return "OK"
+	case codes.Canceled:
+		return "CANCELLED"
+	case codes.Unknown:
+		return "UNKNOWN"
+	case codes.InvalidArgument:
+		return "INVALID_ARGUMENT"
+	case codes.DeadlineExceeded:
+		return "DEADLINE_EXCEEDED"
+	case codes.NotFound:
+		return "NOT_FOUND"
+	case codes.AlreadyExists:
+		return "ALREADY_EXISTS"
+	case codes.PermissionDenied:
+		return "PERMISSION_DENIED"
+	case codes.ResourceExhausted:
+		return "RESOURCE_EXHAUSTED"
+	case codes.FailedPrecondition:
+		return "FAILED_PRECONDITION"
+	case codes.Aborted:
+		return "ABORTED"
+	case codes.OutOfRange:
+		return "OUT_OF_RANGE"
+	case codes.Unimplemented:
+		return "UNIMPLEMENTED"
+	case codes.Internal:
+		return "INTERNAL"
+	case codes.Unavailable:
+		return "UNAVAILABLE"
+	case codes.DataLoss:
+		return "DATA_LOSS"
+	case codes.Unauthenticated:
+		return "UNAUTHENTICATED"
+	}
+	return strings.ToUpper(c.String())
+}
+
+func invalid(format string, args ...any) error {
+	return status.Errorf(codes.InvalidArgument, format, args...)
+}

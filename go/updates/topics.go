@@ -1,0 +1,156 @@
+package updates
+
+import (
+	"context"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	updatesv1 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
+)
+
+// topicUpdate is one published update, shared read-only by every recipient;
+// each stream stamps its own sequence when it sends.
+type topicUpdate struct {
+	topic    string
+	message  string
+	metadata map[string]string
+	at       time.Time
+}
+
+type topicSub struct {
+	queue   chan *topicUpdate
+	dropped atomic.Uint64
+}
+
+// topicHub routes published updates to subscribers' bounded queues. Updates have
+// no log to resume from, so a full queue drops (and counts) rather than blocking
+// the publisher or the other subscribers.
+type topicHub struct {
+	size int
+	mu   sync.RWMutex
+	subs map[string]map[*topicSub]struct{}
+}
+
+func newTopicHub(size int) *topicHub {
+	return &topicHub{size: size, subs: make(map[string]map[*topicSub]struct{})}
+}
+
+func (h *topicHub) subscribe(topics []string) *topicSub {
+	sub := &topicSub{queue: make(chan *topicUpdate, h.size)}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, t := range topics {
+		m := h.subs[t]
+		if m == nil {
+			m = make(map[*topicSub]struct{})
+			h.subs[t] = m
+		}
+		m[sub] = struct{}{}
+	}
+	return sub
+}
+
+func (h *topicHub) unsubscribe(topics []string, sub *topicSub) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, t := range topics {
+		if m := h.subs[t]; m != nil {
+			delete(m, sub)
+			if len(m) == 0 {
+				delete(h.subs, t) // no empty topics left behind
+			}
+		}
+	}
+}
+
+// publish queues u for every subscriber of its topic and returns how many
+// queues took it.
+func (h *topicHub) publish(u *topicUpdate) int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	n := 0
+	for sub := range h.subs[u.topic] {
+		select {
+		case sub.queue <- u:
+			n++
+		default:
+			sub.dropped.Add(1)
+		}
+	}
+	return n
+}
+
+// uniqueTopics drops empty and repeated topics, keeping order.
+func uniqueTopics(in []string) []string {
+	seen := make(map[string]bool, len(in))
+	out := make([]string, 0, len(in))
+	for _, t := range in {
+		if t != "" && !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func (s *Service) SubscribeToUpdates(req *updatesv1.SubscribeRequest, stream updatesv1.StreamService_SubscribeToUpdatesServer) (err error) {
+	var sub *topicSub
+	defer func() {
+		var dropped uint64
+		if sub != nil {
+			dropped = sub.dropped.Load()
+		}
+		s.logRPC(stream.Context(), updatesv1.StreamService_SubscribeToUpdates_FullMethodName, err, "client_id", req.GetClientId(), "dropped", dropped)
+	}()
+	topics := uniqueTopics(req.GetTopics())
+	if len(topics) == 0 {
+		return invalid("at least one topic is required")
+	}
+	ctx, done := s.streamCtx(stream.Context())
+	defer done()
+
+	sub = s.topics.subscribe(topics)
+	defer s.topics.unsubscribe(topics, sub)
+	// Headers tell the client it is subscribed: updates published from now on
+	// reach it.
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
+	}
+	var seq uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return s.endErr(ctx)
+		case u := <-sub.queue:
+			seq++
+			if err := stream.Send(&updatesv1.Update{
+				Topic:     u.topic,
+				Message:   u.message,
+				Timestamp: timestamppb.New(u.at),
+				Metadata:  u.metadata,
+				Sequence:  seq,
+			}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Service) PublishUpdate(ctx context.Context, req *updatesv1.PublishUpdateRequest) (resp *updatesv1.PublishUpdateResponse, err error) {
+	defer func() { s.logRPC(ctx, updatesv1.StreamService_PublishUpdate_FullMethodName, err, "topic", req.GetTopic()) }()
+	if req.GetTopic() == "" {
+		return nil, invalid("topic is required")
+	}
+	n := s.topics.publish(&topicUpdate{
+		topic:    req.GetTopic(),
+		message:  req.GetMessage(),
+		metadata: maps.Clone(req.GetMetadata()),
+		at:       time.Now(),
+	})
+	return &updatesv1.PublishUpdateResponse{Recipients: int32(n)}, nil
+}
