@@ -1,0 +1,207 @@
+package events
+
+import (
+	"context"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
+)
+
+// Control event types (docs/contract.md, "Control events").
+const (
+	typeHeartbeat           = "heartbeat"
+	typeReplayGap           = "polystream.replay_gap"
+	typeDropped             = "polystream.dropped"
+	typeSubscriptionUpdated = "polystream.subscription_updated"
+)
+
+// eventStream is the part of Subscribe's and SubscribeMultiple's server
+// streams that delivery needs.
+type eventStream interface {
+	Send(*eventsv1.Event) error
+	Context() context.Context
+}
+
+// serve runs one subscription until its stream ends: the client goes
+// away, the hub ends it (queue overflow), sending fails, or, for
+// SubscribeMultiple (recv != nil), the client half-closes or sends a bad
+// update.
+//
+// Sending happens in its own goroutine, so that the handler can return
+// while a Send is blocked on a stalled client's flow control: returning is
+// the only way to end a gRPC stream, and it also unblocks that Send.
+func (s *Service) serve(stream eventStream, req *eventsv1.SubscribeRequest, recv func() (*eventsv1.SubscribeRequest, error)) error {
+	sr, err := parseSubscribeRequest(req)
+	if err != nil {
+		return err
+	}
+	ctx := stream.Context()
+	sub := newSubscriber(req.GetClientId(), sr.filter, sr.channel, s.queueSize)
+	replay, gap := s.hub.subscribe(sub, req.GetLastEventId() != "", req.GetLastEventId())
+	defer s.hub.unsubscribe(sub)
+	s.log.Debug("subscribed", "client_id", sub.clientID, "channel", sr.channel,
+		"event_types", strings.Join(req.GetEventTypes(), ","), "last_event_id", req.GetLastEventId(), "replay", len(replay))
+
+	ctx, cancel := context.WithCancel(ctx) // ends the helpers when serve returns
+	defer cancel()
+	d := &delivery{stream: stream, sub: sub, channel: sr.channel, interval: sr.heartbeat, acks: make(chan struct{}, 1)}
+	done := make(chan error, 2)
+	go func() { done <- d.run(ctx, replay, gap) }()
+	if recv != nil {
+		go func() { done <- receiveUpdates(ctx, sub, d.acks, recv) }()
+	}
+
+	select {
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	case <-sub.ended:
+		err := sub.endErr()
+		s.log.Warn("slow subscriber disconnected", "client_id", sub.clientID, "error", err)
+		return err
+	case err := <-done:
+		return err
+	}
+}
+
+// receiveUpdates applies SubscribeMultiple's later requests. At most one
+// acknowledgement waits in the queue (acks is a one-slot semaphore the
+// sender frees), so a client that sends updates without reading cannot
+// grow server memory; it is held back by flow control instead.
+func receiveUpdates(ctx context.Context, sub *subscriber, acks chan struct{}, recv func() (*eventsv1.SubscribeRequest, error)) error {
+	for {
+		req, err := recv()
+		if err == io.EOF {
+			return nil // half-close ends the stream (docs/contract.md)
+		}
+		if err != nil {
+			return err
+		}
+		sr, err := parseSubscribeRequest(req)
+		if err != nil {
+			return err
+		}
+		if req.GetClientId() != sub.clientID {
+			return status.Error(codes.InvalidArgument, "client_id cannot change within a stream")
+		}
+		select {
+		case acks <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		sub.update(sr.filter, sr.channel, req.GetEventTypes())
+	}
+}
+
+// delivery is the sending side of one stream: replay first, then the
+// subscriber's queue, with heartbeats when due.
+type delivery struct {
+	stream     eventStream
+	sub        *subscriber
+	channel    string // changes when a subscription update is delivered
+	interval   time.Duration
+	heartbeats uint64
+	acks       chan struct{}
+}
+
+func (d *delivery) run(ctx context.Context, replay []*record, gap *replayGap) error {
+	ticker := time.NewTicker(d.interval)
+	defer ticker.Stop()
+	if gap != nil {
+		if err := d.stream.Send(d.control(typeReplayGap, map[string]string{
+			"requested_id":       gap.requestedID,
+			"oldest_retained_id": gap.oldestID,
+		})); err != nil {
+			return err
+		}
+	}
+	for _, r := range replay {
+		if err := d.sendRecord(r); err != nil {
+			return err
+		}
+	}
+	for {
+		for {
+			e, ok := d.sub.next()
+			if !ok {
+				break
+			}
+			if err := d.sendEntry(e); err != nil {
+				return err
+			}
+			select { // a busy stream still gets its heartbeats
+			case <-ticker.C:
+				if err := d.sendHeartbeat(); err != nil {
+					return err
+				}
+			default:
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.sub.ready:
+		case <-ticker.C:
+			if err := d.sendHeartbeat(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (d *delivery) sendEntry(e entry) error {
+	switch {
+	case e.rec != nil:
+		return d.sendRecord(e.rec)
+	case e.drop != nil:
+		m := e.drop
+		return d.stream.Send(d.control(typeDropped, map[string]string{
+			"count":                  strconv.FormatUint(m.count, 10),
+			"first_dropped_id":       m.first.id,
+			"last_dropped_id":        m.last.id,
+			"first_dropped_sequence": strconv.FormatUint(m.first.seq, 10),
+			"last_dropped_sequence":  strconv.FormatUint(m.last.seq, 10),
+		}))
+	default:
+		u := e.update
+		d.channel = u.channel
+		err := d.stream.Send(d.control(typeSubscriptionUpdated, map[string]string{
+			"channel":     u.channel,
+			"event_types": strings.Join(u.eventTypes, ","),
+		}))
+		<-d.acks // the next update may be queued now
+		return err
+	}
+}
+
+func (d *delivery) sendRecord(r *record) error {
+	if err := d.stream.Send(r.event(d.channel)); err != nil {
+		return err
+	}
+	d.sub.stats.received.Add(1)
+	return nil
+}
+
+func (d *delivery) sendHeartbeat() error {
+	d.heartbeats++
+	now := timestamppb.Now()
+	payload, err := anypb.New(&eventsv1.HeartbeatEvent{Timestamp: now, Sequence: d.heartbeats})
+	if err != nil {
+		return err
+	}
+	ev := d.control(typeHeartbeat, nil)
+	ev.Timestamp, ev.Payload = now, payload
+	return d.stream.Send(ev)
+}
+
+// control builds an event that is not in the log: no id, sequence 0.
+func (d *delivery) control(typ string, metadata map[string]string) *eventsv1.Event {
+	return &eventsv1.Event{Type: typ, Timestamp: timestamppb.Now(), Metadata: metadata, Channel: d.channel}
+}
