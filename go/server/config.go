@@ -1,0 +1,161 @@
+// Package server wires the events, updates and chat services into one
+// grpc.Server with health, reflection, keepalive and graceful shutdown.
+package server
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Config holds every setting of `polystream serve` (docs/contract.md).
+type Config struct {
+	Host                 string
+	Port                 int
+	DataDir              string
+	HistorySize          int
+	QueueSize            int
+	Backpressure         string
+	PublishTimeout       time.Duration
+	MaxMessageSize       int
+	MaxConcurrentStreams int
+	KeepaliveTime        time.Duration
+	KeepaliveTimeout     time.Duration
+	KeepaliveMinTime     time.Duration
+	ShutdownGrace        time.Duration
+	ChatKeepAlive        time.Duration
+	LogLevel             string
+	// Fault is reserved for the conformance harness's self-test; it is
+	// stored and not used yet.
+	Fault string
+}
+
+// Policies lists the accepted --backpressure values.
+var Policies = []string{"drop-newest", "drop-oldest", "block", "disconnect"}
+
+// LogLevels lists the accepted --log-level values.
+var LogLevels = []string{"debug", "info", "warn", "error"}
+
+// DefaultConfig returns the defaults of docs/contract.md.
+func DefaultConfig() Config {
+	return Config{
+		Host:             "127.0.0.1",
+		Port:             50051,
+		HistorySize:      1000,
+		QueueSize:        256,
+		Backpressure:     "disconnect",
+		PublishTimeout:   5 * time.Second,
+		MaxMessageSize:   4 << 20,
+		KeepaliveTime:    30 * time.Second,
+		KeepaliveTimeout: 10 * time.Second,
+		KeepaliveMinTime: 5 * time.Second,
+		ShutdownGrace:    5 * time.Second,
+		ChatKeepAlive:    15 * time.Second,
+		LogLevel:         "info",
+	}
+}
+
+// ErrHelp is returned by ParseFlags when -h or --help was given.
+var ErrHelp = flag.ErrHelp
+
+// ParseFlags builds a Config from args, then POLYSTREAM_* variables read
+// through getenv, then defaults: a flag beats its variable. Usage and
+// flag errors are written to output.
+func ParseFlags(args []string, getenv func(string) string, output io.Writer) (Config, error) {
+	cfg := DefaultConfig()
+	fs := flag.NewFlagSet("polystream serve", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.StringVar(&cfg.Host, "host", cfg.Host, "address to listen on")
+	fs.IntVar(&cfg.Port, "port", cfg.Port, "port to listen on; 0 = a free port")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, `directory for the durable event log; "" = in memory`)
+	fs.IntVar(&cfg.HistorySize, "history-size", cfg.HistorySize, "events retained in the log")
+	fs.IntVar(&cfg.QueueSize, "queue-size", cfg.QueueSize, "per-subscriber queue size")
+	fs.StringVar(&cfg.Backpressure, "backpressure", cfg.Backpressure, "slow subscriber policy: "+strings.Join(Policies, ", "))
+	fs.DurationVar(&cfg.PublishTimeout, "publish-timeout", cfg.PublishTimeout, "how long a publisher waits under the block policy")
+	fs.IntVar(&cfg.MaxMessageSize, "max-message-size", cfg.MaxMessageSize, "largest message received or sent, bytes")
+	fs.IntVar(&cfg.MaxConcurrentStreams, "max-concurrent-streams", cfg.MaxConcurrentStreams, "streams per connection; 0 = unlimited")
+	fs.DurationVar(&cfg.KeepaliveTime, "keepalive-time", cfg.KeepaliveTime, "ping an idle connection after this long")
+	fs.DurationVar(&cfg.KeepaliveTimeout, "keepalive-timeout", cfg.KeepaliveTimeout, "close a connection whose ping is not answered in this long")
+	fs.DurationVar(&cfg.KeepaliveMinTime, "keepalive-min-time", cfg.KeepaliveMinTime, "clients may ping this often, also without streams")
+	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "how long graceful shutdown may take")
+	fs.DurationVar(&cfg.ChatKeepAlive, "chat-keepalive", cfg.ChatKeepAlive, "interval of keep-alive messages in Chat")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "minimum log level: "+strings.Join(LogLevels, ", "))
+	fs.StringVar(&cfg.Fault, "fault", cfg.Fault, "reserved for the conformance self-test")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if err := applyEnv(fs, getenv); err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// applyEnv sets each flag that was not given on the command line from its
+// POLYSTREAM_* variable, so the command line always wins.
+func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		name := EnvName(f.Name)
+		value := getenv(name)
+		if value == "" {
+			return
+		}
+		if err := f.Value.Set(value); err != nil {
+			errs = append(errs, fmt.Errorf("%s: invalid value %q: %s", name, value, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// EnvName maps a flag name to its variable: data-dir -> POLYSTREAM_DATA_DIR.
+func EnvName(flagName string) string {
+	return "POLYSTREAM_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Validate reports the first setting that cannot work, naming its flag.
+func (c Config) Validate() error {
+	switch {
+	case !slices.Contains(Policies, c.Backpressure):
+		return fmt.Errorf("--backpressure must be one of %s; got %q", strings.Join(Policies, ", "), c.Backpressure)
+	case c.HistorySize < 1:
+		return fmt.Errorf("--history-size must be >= 1, got %d", c.HistorySize)
+	case c.QueueSize < 1:
+		return fmt.Errorf("--queue-size must be >= 1, got %d", c.QueueSize)
+	case !slices.Contains(LogLevels, c.LogLevel):
+		return fmt.Errorf("--log-level must be one of %s; got %q", strings.Join(LogLevels, ", "), c.LogLevel)
+	case c.Port < 0 || c.Port > 65535:
+		return fmt.Errorf("--port must be between 0 and 65535, got %d", c.Port)
+	case c.MaxMessageSize < 1:
+		return fmt.Errorf("--max-message-size must be >= 1, got %d", c.MaxMessageSize)
+	case c.MaxConcurrentStreams < 0:
+		return fmt.Errorf("--max-concurrent-streams must be >= 0, got %d", c.MaxConcurrentStreams)
+	}
+	for _, d := range []struct {
+		flag  string
+		value time.Duration
+	}{
+		{"publish-timeout", c.PublishTimeout},
+		{"keepalive-time", c.KeepaliveTime},
+		{"keepalive-timeout", c.KeepaliveTimeout},
+		{"keepalive-min-time", c.KeepaliveMinTime},
+		{"shutdown-grace", c.ShutdownGrace},
+		{"chat-keepalive", c.ChatKeepAlive},
+	} {
+		if d.value <= 0 {
+			return fmt.Errorf("--%s must be > 0, got %s", d.flag, d.value)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,81 @@
+package server
+
+import (
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(vars map[string]string) func(string) string {
+	return func(name string) string { return vars[name] }
+}
+
+func TestParseFlagsDefaults(t *testing.T) {
+	cfg, err := ParseFlags(nil, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg != DefaultConfig() {
+		t.Fatalf("got %+v, want the defaults %+v", cfg, DefaultConfig())
+	}
+	if cfg.Port != 50051 || cfg.Backpressure != "disconnect" || cfg.MaxMessageSize != 4194304 || cfg.KeepaliveMinTime != 5*time.Second {
+		t.Fatalf("defaults differ from docs/contract.md: %+v", cfg)
+	}
+}
+
+func TestParseFlagsFlagBeatsEnv(t *testing.T) {
+	vars := map[string]string{
+		"POLYSTREAM_PORT":             "7000",
+		"POLYSTREAM_QUEUE_SIZE":       "9",
+		"POLYSTREAM_SHUTDOWN_GRACE":   "2s",
+		"POLYSTREAM_BACKPRESSURE":     "block",
+		"POLYSTREAM_FAULT":            "from-env",
+		"POLYSTREAM_KEEPALIVE_TIME":   "1m",
+		"POLYSTREAM_CHAT_KEEPALIVE":   "500ms",
+		"POLYSTREAM_DATA_DIR":         "/tmp/x",
+		"POLYSTREAM_MAX_MESSAGE_SIZE": "1024",
+	}
+	cfg, err := ParseFlags([]string{"--port", "0", "--queue-size=3", "-shutdown-grace", "1s"}, env(vars), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Port != 0 || cfg.QueueSize != 3 || cfg.ShutdownGrace != time.Second {
+		t.Errorf("flags did not win: %+v", cfg)
+	}
+	if cfg.Backpressure != "block" || cfg.Fault != "from-env" || cfg.KeepaliveTime != time.Minute ||
+		cfg.ChatKeepAlive != 500*time.Millisecond || cfg.DataDir != "/tmp/x" || cfg.MaxMessageSize != 1024 {
+		t.Errorf("variables not applied: %+v", cfg)
+	}
+}
+
+func TestParseFlagsRejectsBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		vars map[string]string
+		want string
+	}{
+		{[]string{"--backpressure", "drop"}, nil, `--backpressure must be one of drop-newest, drop-oldest, block, disconnect; got "drop"`},
+		{[]string{"--history-size", "0"}, nil, "--history-size must be >= 1, got 0"},
+		{[]string{"--queue-size", "-1"}, nil, "--queue-size must be >= 1, got -1"},
+		{[]string{"--log-level", "verbose"}, nil, `--log-level must be one of debug, info, warn, error; got "verbose"`},
+		{[]string{"--port", "70000"}, nil, "--port must be between 0 and 65535, got 70000"},
+		{[]string{"--shutdown-grace", "0s"}, nil, "--shutdown-grace must be > 0, got 0s"},
+		{[]string{"--publish-timeout", "5"}, nil, `invalid value "5" for flag -publish-timeout`},
+		{[]string{"--nope"}, nil, "flag provided but not defined: -nope"},
+		{[]string{"extra"}, nil, `unexpected argument "extra"`},
+		{nil, map[string]string{"POLYSTREAM_PORT": "abc"}, `POLYSTREAM_PORT: invalid value "abc": parse error`},
+		{nil, map[string]string{"POLYSTREAM_KEEPALIVE_TIME": "ten"}, `POLYSTREAM_KEEPALIVE_TIME: invalid value "ten"`},
+	} {
+		_, err := ParseFlags(tc.args, env(tc.vars), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ParseFlags(%q, %v) = %v, want an error containing %q", tc.args, tc.vars, err, tc.want)
+		}
+	}
+}
+
+func TestEnvName(t *testing.T) {
+	if got := EnvName("max-concurrent-streams"); got != "POLYSTREAM_MAX_CONCURRENT_STREAMS" {
+		t.Fatal(got)
+	}
+}

@@ -1,0 +1,220 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/polystream/polystream/go/chat"
+	"github.com/polystream/polystream/go/events"
+	"github.com/polystream/polystream/go/updates"
+)
+
+// logRingSize is how many past records TailLogs can serve (docs/contract.md).
+const logRingSize = 1000
+
+// Service names reported by the health service.
+var serviceNames = []string{
+	"polystream.events.v1.EventService",
+	"polystream.updates.v1.StreamService",
+	"polystream.chat.v1.ChatService",
+}
+
+// Server is a started polystream server.
+type Server struct {
+	cfg          Config
+	log          *slog.Logger
+	grpc         *grpc.Server
+	health       *health.Server
+	listener     net.Listener
+	services     []io.Closer
+	shuttingDown context.Context // cancelled when graceful shutdown begins
+	beginStop    context.CancelFunc
+	serveResult  chan error
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// Run starts the server, prints `polystream listening on HOST:PORT` to
+// stdout, and serves until ctx ends; then it shuts down gracefully within
+// cfg.ShutdownGrace. Logs go to stderr.
+func Run(ctx context.Context, cfg Config, stdout io.Writer) error {
+	srv, err := Start(cfg, os.Stderr)
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(stdout, "polystream listening on %s\n", srv.Addr()); err != nil {
+		srv.Shutdown()
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		return srv.Shutdown()
+	case err := <-srv.serveResult:
+		// Serving failed on its own; still release the services.
+		srv.serveResult <- err
+		return errors.Join(err, srv.Shutdown())
+	}
+}
+
+// Start builds the services and the grpc.Server, listens and serves in the
+// background. Logs (text) go to logOutput.
+func Start(cfg Config, logOutput io.Writer) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return nil, err
+	}
+	// Every record also feeds the ring that TailLogs serves.
+	logs := updates.NewLogRing(logRingSize)
+	logger := slog.New(logs.Handler(slog.NewTextHandler(logOutput, &slog.HandlerOptions{Level: level})))
+
+	s := &Server{cfg: cfg, log: logger.With("service", "server"), serveResult: make(chan error, 1)}
+	s.shuttingDown, s.beginStop = context.WithCancel(context.Background())
+	if err := s.startServices(logger, logs); err != nil {
+		s.closeServices()
+		return nil, err
+	}
+
+	listener, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+	if err != nil {
+		s.closeServices()
+		return nil, err
+	}
+	s.listener = listener
+	go func() { s.serveResult <- s.grpc.Serve(listener) }()
+	s.log.Info("listening", "addr", s.Addr())
+	return s, nil
+}
+
+// startServices creates the three services and the grpc.Server that serves
+// them; each service logs with its own "service" attribute.
+func (s *Server) startServices(logger *slog.Logger, logs *updates.LogRing) error {
+	cfg := s.cfg
+	policy, err := events.ParsePolicy(cfg.Backpressure)
+	if err != nil {
+		return err
+	}
+	eventService, err := events.New(events.Config{
+		DataDir:        cfg.DataDir,
+		HistorySize:    cfg.HistorySize,
+		QueueSize:      cfg.QueueSize,
+		Policy:         policy,
+		PublishTimeout: cfg.PublishTimeout,
+		Logger:         logger.With("service", "events"),
+	})
+	if err != nil {
+		return fmt.Errorf("events service: %w", err)
+	}
+	s.services = append(s.services, eventService)
+	updateService, err := updates.New(updates.Config{
+		QueueSize: cfg.QueueSize,
+		Logs:      logs,
+		Logger:    logger.With("service", "updates"),
+		DataDir:   cfg.DataDir,
+	})
+	if err != nil {
+		return fmt.Errorf("updates service: %w", err)
+	}
+	s.services = append(s.services, updateService)
+
+	stats := &rpcStats{}
+	instance, _ := os.Hostname()
+	chatService := chat.New(chat.Config{
+		KeepAlive: cfg.ChatKeepAlive,
+		Logger:    logger.With("service", "chat"),
+		Stats:     stats.snapshot,
+		Instance:  instance,
+	})
+	s.services = append(s.services, chatService)
+
+	s.grpc = grpc.NewServer(s.serverOptions(stats)...)
+	eventService.Register(s.grpc)
+	updateService.Register(s.grpc)
+	chatService.Register(s.grpc)
+
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	for _, name := range append([]string{""}, serviceNames...) {
+		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+	}
+	reflection.Register(s.grpc) // v1 and v1alpha
+	return nil
+}
+
+func (s *Server) serverOptions(stats *rpcStats) []grpc.ServerOption {
+	cfg := s.cfg
+	logRPC := rpcLogger{log: s.log}
+	opts := []grpc.ServerOption{
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(cfg.MaxMessageSize),
+		grpc.MaxSendMsgSize(cfg.MaxMessageSize),
+		// Logging is outermost so it records the final code, after the
+		// shutdown interceptor has turned a cancelled stream into UNAVAILABLE.
+		grpc.ChainUnaryInterceptor(logRPC.unary, stats.unary),
+		grpc.ChainStreamInterceptor(logRPC.stream, stats.stream, shutdownInterceptor(s.shuttingDown)),
+	}
+	if cfg.MaxConcurrentStreams > 0 {
+		opts = append(opts, grpc.MaxConcurrentStreams(uint32(cfg.MaxConcurrentStreams)))
+	}
+	return opts
+}
+
+// Addr is the address the server listens on, with the real port.
+func (s *Server) Addr() string { return s.listener.Addr().String() }
+
+// Shutdown marks every service NOT_SERVING, ends open streams with
+// UNAVAILABLE, lets unary calls finish for up to cfg.ShutdownGrace, then
+// stops hard and closes the services. It is safe to call more than once.
+func (s *Server) Shutdown() error {
+	s.shutdownOnce.Do(func() {
+		s.log.Info("shutting down", "grace", s.cfg.ShutdownGrace.String())
+		s.health.Shutdown()
+		s.beginStop()
+		stopped := make(chan struct{})
+		go func() {
+			s.grpc.GracefulStop()
+			close(stopped)
+		}()
+		timer := time.NewTimer(s.cfg.ShutdownGrace)
+		defer timer.Stop()
+		select {
+		case <-stopped:
+		case <-timer.C:
+			s.log.Warn("shutdown grace expired; closing remaining connections")
+			s.grpc.Stop()
+			<-stopped
+		}
+		if err := <-s.serveResult; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.shutdownErr = err
+		}
+		s.shutdownErr = errors.Join(s.shutdownErr, s.closeServices())
+		s.log.Info("stopped")
+	})
+	return s.shutdownErr
+}
+
+func (s *Server) closeServices() error {
+	var errs []error
+	for i := len(s.services) - 1; i >= 0; i-- {
+		errs = append(errs, s.services[i].Close())
+	}
+	s.services = nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,237 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// syncBuffer collects the server's log output safely across goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func testConfig(t *testing.T) Config {
+	cfg := DefaultConfig()
+	cfg.Port = 0
+	cfg.DataDir = t.TempDir()
+	cfg.ShutdownGrace = 2 * time.Second
+	return cfg
+}
+
+func startServer(t *testing.T, cfg Config) (*Server, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	srv, err := Start(cfg, logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown() })
+	return srv, logs
+}
+
+func dial(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func TestHealthServingForEveryService(t *testing.T) {
+	srv, _ := startServer(t, testConfig(t))
+	health := healthpb.NewHealthClient(dial(t, srv.Addr()))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, name := range append([]string{""}, serviceNames...) {
+		resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: name})
+		if err != nil {
+			t.Fatalf("Check(%q): %v", name, err)
+		}
+		if resp.Status != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("Check(%q) = %v, want SERVING", name, resp.Status)
+		}
+	}
+	_, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: "no.such.Service"})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("Check of an unknown service: %v, want NOT_FOUND", err)
+	}
+}
+
+func TestReflectionListsEveryService(t *testing.T) {
+	srv, _ := startServer(t, testConfig(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := reflectionpb.NewServerReflectionClient(dial(t, srv.Addr())).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{
+		MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.CloseSend()
+	var names []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		names = append(names, s.Name)
+	}
+	want := append([]string{"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}, serviceNames...)
+	for _, name := range want {
+		if !slices.Contains(names, name) {
+			t.Errorf("reflection lists %v, missing %s", names, name)
+		}
+	}
+}
+
+// A long-lived stream (health Watch) sees NOT_SERVING, then ends with
+// UNAVAILABLE "server is shutting down", and shutdown stays within its bound.
+func TestShutdownEndsStreamsWithUnavailable(t *testing.T) {
+	cfg := testConfig(t)
+	srv, logs := startServer(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	watch, err := healthpb.NewHealthClient(dial(t, srv.Addr())).Watch(ctx, &healthpb.HealthCheckRequest{Service: serviceNames[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := watch.Recv()
+	if err != nil || first.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first Watch message: %v, %v; want SERVING", first, err)
+	}
+
+	began := time.Now()
+	shutdownDone := make(chan error, 1)
+	go func() { shutdownDone <- srv.Shutdown() }()
+
+	var last error
+	sawNotServing := false
+	for {
+		resp, err := watch.Recv()
+		if err != nil {
+			last = err
+			break
+		}
+		sawNotServing = sawNotServing || resp.Status == healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	if !sawNotServing {
+		t.Error("the Watch stream never reported NOT_SERVING")
+	}
+	if st := status.Convert(last); st.Code() != codes.Unavailable || st.Message() != ShuttingDownMessage {
+		t.Errorf("stream ended with %v, want UNAVAILABLE %q", last, ShuttingDownMessage)
+	}
+	if err := <-shutdownDone; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if took := time.Since(began); took > cfg.ShutdownGrace+time.Second {
+		t.Errorf("shutdown took %v, more than grace+1s", took)
+	}
+	if !strings.Contains(logs.String(), `msg=rpc service=server method=/grpc.health.v1.Health/Watch code=UNAVAILABLE`) {
+		t.Errorf("no rpc record for the Watch stream in the log:\n%s", logs)
+	}
+}
+
+func TestRPCsAreLoggedWithMethodAndCode(t *testing.T) {
+	srv, logs := startServer(t, testConfig(t))
+	health := healthpb.NewHealthClient(dial(t, srv.Addr()))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	health.Check(ctx, &healthpb.HealthCheckRequest{})
+	health.Check(ctx, &healthpb.HealthCheckRequest{Service: "nope"})
+	srv.Shutdown()
+	for _, want := range []string{
+		"level=INFO msg=rpc service=server method=/grpc.health.v1.Health/Check code=OK",
+		"level=INFO msg=rpc service=server method=/grpc.health.v1.Health/Check code=NOT_FOUND",
+	} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, logs)
+		}
+	}
+}
+
+func TestRunPrintsListeningLineAndStopsOnCancel(t *testing.T) {
+	cfg := testConfig(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stdoutR, stdoutW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, cfg, stdoutW)
+		stdoutW.Close()
+	}()
+	line, err := bufio.NewReader(stdoutR).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "polystream listening on ")
+	if !ok {
+		t.Fatalf("stdout line %q lacks the listening prefix", line)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host != "127.0.0.1" || port == "0" {
+		t.Fatalf("listening on %q: want 127.0.0.1 and a real port (%v)", addr, err)
+	}
+	health := healthpb.NewHealthClient(dial(t, addr))
+	if _, err := health.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(cfg.ShutdownGrace + time.Second):
+		t.Fatal("Run did not return within grace+1s")
+	}
+	rest, _ := io.ReadAll(stdoutR)
+	if len(rest) != 0 {
+		t.Errorf("stdout has more than the listening line: %q", rest)
+	}
+}
+
+func TestStartFailsOnBusyPort(t *testing.T) {
+	first, _ := startServer(t, testConfig(t))
+	_, port, _ := net.SplitHostPort(first.Addr())
+	cfg := testConfig(t)
+	cfg.Port = mustAtoi(t, port)
+	if _, err := Start(cfg, io.Discard); err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("Start on a busy port: %v, want address already in use", err)
+	}
+}
