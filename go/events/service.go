@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"time"
@@ -113,8 +114,11 @@ func (s *Service) Subscribe(req *eventsv1.SubscribeRequest, stream grpc.ServerSt
 // filters and channel.
 func (s *Service) SubscribeMultiple(stream grpc.BidiStreamingServer[eventsv1.SubscribeRequest, eventsv1.Event]) error {
 	first, err := stream.Recv()
+	if err == io.EOF {
+		return nil // half-closed without subscribing
+	}
 	if err != nil {
-		return err // io.EOF (no request at all) ends the stream with OK
+		return err
 	}
 	return s.serve(stream, first, stream.Recv)
 }

@@ -5,5 +5,5 @@ package events
 type memoryStore struct{}
 
 func (memoryStore) load(int) ([]*record, uint64, error) { return nil, 0, nil }
-func (memoryStore) append(*record, uint64) error       { return nil }
+func (memoryStore) append(*record, uint64) error        { return nil }
 func (memoryStore) close() error                        { return nil }
