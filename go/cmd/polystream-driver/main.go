@@ -1,0 +1,59 @@
+// Command polystream-driver serves the conformance ClientDriver for the Go
+// client (docs/images.md): polystream-driver --port 50052
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/polystream/polystream/go/conformancedriver"
+	pb "github.com/polystream/polystream/go/gen/polystream/conformance/v1"
+)
+
+func main() {
+	host := flag.String("host", envOr("POLYSTREAM_DRIVER_HOST", "0.0.0.0"), "address to listen on")
+	port := flag.Int("port", envInt("POLYSTREAM_DRIVER_PORT", 50052), "port to listen on; 0 = a free port")
+	flag.Parse()
+
+	lis, err := net.Listen("tcp", net.JoinHostPort(*host, strconv.Itoa(*port)))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "polystream-driver:", err)
+		os.Exit(1)
+	}
+	srv := grpc.NewServer()
+	pb.RegisterClientDriverServer(srv, conformancedriver.New())
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() { <-sig; srv.Stop() }()
+
+	fmt.Printf("polystream driver listening on %s\n", lis.Addr())
+	if err := srv.Serve(lis); err != nil {
+		fmt.Fprintln(os.Stderr, "polystream-driver:", err)
+		os.Exit(1)
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func envInt(key string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(key)); err == nil {
+		return v
+	}
+	return def
+}

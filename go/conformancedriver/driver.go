@@ -1,0 +1,296 @@
+// Package conformancedriver serves the ClientDriver contract
+// (proto/polystream/conformance/v1/driver.proto) for the Go client: the
+// conformance harness sends one scenario per Run call, the driver performs it
+// against the target server with grpc-go (or the resilient subscriber of
+// go/client) and streams back what the client observed as it happens.
+//
+// Conventions shared with the Python driver (docs/images.md):
+//   - Every streaming call reports connected{attempt 0} when its response
+//     headers arrive, before the first received message.
+//   - received.type is Event.type, the MessageType or JobStatus enum value name
+//     (e.g. "MESSAGE_TYPE_CHAT"); received.json is protobuf JSON with proto
+//     field names, compact.
+//   - finished.code is the client's view: OK when the stream ended cleanly or
+//     the client stopped it itself (stop_after, ping-pong done), CANCELLED after
+//     cancel_after, DEADLINE_EXCEEDED after deadline_ms, the server's code
+//     otherwise.
+//   - A malformed RunRequest (no scenario, unknown method, bad JSON) ends Run
+//     itself with INVALID_ARGUMENT; it is not a client observation.
+package conformancedriver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/polystream/polystream/go/gen/polystream/conformance/v1"
+)
+
+// Client keepalive defaults (docs/contract.md): a ping every 10 s, 5 s to answer,
+// also without active streams.
+const (
+	DefaultKeepaliveTime    = 10 * time.Second
+	DefaultKeepaliveTimeout = 5 * time.Second
+)
+
+// Driver implements conformancev1.ClientDriverServer.
+type Driver struct {
+	pb.UnimplementedClientDriverServer
+}
+
+// New returns a driver.
+func New() *Driver { return &Driver{} }
+
+// errStopped ends a receive loop when the client stops the call on purpose
+// (stop_after reached, ping-pong done): the finished code is then OK.
+var errStopped = errors.New("stopped by the client")
+
+// run is one Run call: its request, its output stream and the client's call.
+type run struct {
+	req    *pb.RunRequest
+	out    pb.ClientDriver_RunServer
+	conn   *grpc.ClientConn
+	ctx    context.Context // the client's call: deadline and request headers
+	cancel context.CancelFunc
+
+	mu        sync.Mutex // out.Send may be called from callbacks
+	sendErr   error
+	received  int32 // messages received (for cancel_after)
+	cancelled bool  // cancel_after fired: later messages are not reported
+	header    metadata.MD
+}
+
+// Run performs one scenario; the last observation is `finished`.
+func (d *Driver) Run(req *pb.RunRequest, out pb.ClientDriver_RunServer) error {
+	if req.GetTarget() == "" {
+		return status.Error(codes.InvalidArgument, "target is required")
+	}
+	ka := DefaultKeepaliveTime
+	if req.GetKeepaliveTimeMs() > 0 {
+		ka = time.Duration(req.GetKeepaliveTimeMs()) * time.Millisecond // grpc-go raises values under 10 s to 10 s
+	}
+	conn, err := grpc.NewClient(req.GetTarget(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: ka, Timeout: DefaultKeepaliveTimeout, PermitWithoutStream: true}))
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "target %q: %v", req.GetTarget(), err)
+	}
+	defer conn.Close()
+
+	// The client's call ends when Run is cancelled, so cancelling Run cancels it.
+	ctx := out.Context()
+	var cancelDeadline context.CancelFunc = func() {}
+	if ms := req.GetDeadlineMs(); ms > 0 {
+		ctx, cancelDeadline = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
+	}
+	defer cancelDeadline()
+	if len(req.GetMetadata()) > 0 {
+		ctx = metadata.NewOutgoingContext(ctx, metadata.New(req.GetMetadata()))
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r := &run{req: req, out: out, conn: conn, ctx: ctx, cancel: cancel}
+
+	switch s := req.GetScenario().(type) {
+	case *pb.RunRequest_Subscribe:
+		if s.Subscribe.GetResilient() {
+			err = r.subscribeResilient(s.Subscribe)
+		} else {
+			err = r.subscribe(s.Subscribe)
+		}
+	case *pb.RunRequest_SubscribeMultiple:
+		err = r.subscribeMultiple(s.SubscribeMultiple)
+	case *pb.RunRequest_Updates:
+		err = r.updates(s.Updates)
+	case *pb.RunRequest_Query:
+		err = r.query(s.Query)
+	case *pb.RunRequest_WatchJob:
+		err = r.watchJob(s.WatchJob)
+	case *pb.RunRequest_Upload:
+		err = r.upload(s.Upload)
+	case *pb.RunRequest_Chat:
+		err = r.chat(s.Chat)
+	case *pb.RunRequest_Unary:
+		err = r.unary(s.Unary)
+	default:
+		return status.Error(codes.InvalidArgument, "a scenario is required")
+	}
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.sendErr
+}
+
+// emit sends one observation stamped with the client's clock.
+func (r *run) emit(o *pb.Observation) {
+	o.AtUnixNanos = time.Now().UnixNano()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sendErr == nil {
+		r.sendErr = r.out.Send(o)
+	}
+}
+
+func (r *run) emitReceived(m proto.Message, seq uint64, id, typ string) {
+	r.emit(&pb.Observation{Kind: &pb.Observation_Received{Received: &pb.Received{
+		Sequence: seq, Id: id, Type: typ, Json: toJSON(m)}}})
+}
+
+func (r *run) emitSent(count int32) {
+	r.emit(&pb.Observation{Kind: &pb.Observation_Sent{Sent: &pb.Sent{Count: count}}})
+}
+
+func (r *run) emitConnected(attempt int32, lastEventID string) {
+	r.emit(&pb.Observation{Kind: &pb.Observation_Connected{Connected: &pb.Connected{
+		Attempt: attempt, LastEventId: lastEventID}}})
+}
+
+// finish reports how the call ended. err is the call's final error (nil, io.EOF
+// and errStopped mean OK); response is a unary or client-stream response.
+func (r *run) finish(err error, header, trailer metadata.MD, response proto.Message) error {
+	f := &pb.Finished{Code: "OK", Headers: flatten(header), Trailers: flatten(trailer)}
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, errStopped) {
+		st := status.Convert(err)
+		f.Code, f.Message = CodeName(st.Code()), st.Message()
+	}
+	if response != nil && f.Code == "OK" {
+		f.ResponseJson = toJSON(response)
+	}
+	r.emit(&pb.Observation{Kind: &pb.Observation_Finished{Finished: f}})
+	return nil
+}
+
+// watchHeader reports connected{attempt 0} when the stream's response headers
+// arrive; the returned wait makes the first received message come after it.
+func (r *run) watchHeader(cs grpc.ClientStream) (wait func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if md, err := cs.Header(); err == nil && md != nil {
+			r.header = md
+			r.emitConnected(0, "")
+		}
+	}()
+	return func() { <-done }
+}
+
+// recvLoop reads a server stream until it ends: read_delay_ms before each
+// read, a received observation per message, cancel_after. describe gives a
+// message's sequence, id and type; stop (may be nil) ends the loop with
+// errStopped after the message that satisfies it.
+func recvLoop[T proto.Message](r *run, cs grpc.ClientStream, newMsg func() T,
+	describe func(T) (uint64, string, string), stop func(T) bool) error {
+	waitHeader := r.watchHeader(cs)
+	first := true
+	for {
+		if d := r.req.GetReadDelayMs(); d > 0 && !r.cancelled {
+			select {
+			case <-time.After(time.Duration(d) * time.Millisecond):
+			case <-r.ctx.Done():
+			}
+		}
+		m := newMsg()
+		if err := cs.RecvMsg(m); err != nil {
+			if first {
+				waitHeader()
+			}
+			return err
+		}
+		if r.cancelled {
+			continue // drained after cancel_after: not seen by the client
+		}
+		if first {
+			waitHeader()
+			first = false
+		}
+		seq, id, typ := describe(m)
+		r.emitReceived(m, seq, id, typ)
+		r.received++
+		if n := r.req.GetCancelAfter(); n > 0 && r.received >= n {
+			r.cancelled = true
+			r.cancel()
+			continue
+		}
+		if stop != nil && stop(m) {
+			r.cancel()
+			return errStopped
+		}
+	}
+}
+
+// finishStream reports the end of a stream with its headers and trailers.
+func (r *run) finishStream(cs grpc.ClientStream, err error, response proto.Message) error {
+	header := r.header
+	if header == nil {
+		header, _ = cs.Header()
+	}
+	var trailer metadata.MD
+	if !errors.Is(err, errStopped) {
+		trailer = cs.Trailer()
+	}
+	return r.finish(err, header, trailer, response)
+}
+
+var jsonOptions = protojson.MarshalOptions{UseProtoNames: true}
+
+// toJSON is protobuf JSON with proto field names, without protojson's
+// deliberately unstable whitespace.
+func toJSON(m proto.Message) string {
+	b, err := jsonOptions.Marshal(m)
+	if err != nil {
+		return ""
+	}
+	var buf bytes.Buffer
+	if json.Compact(&buf, b) != nil {
+		return string(b)
+	}
+	return buf.String()
+}
+
+// CodeName is a status code's canonical name, as in google.rpc.Code
+// ("CANCELLED", "DEADLINE_EXCEEDED"), the same in every language.
+func CodeName(c codes.Code) string {
+	if int(c) < len(codeNames) {
+		return codeNames[c]
+	}
+	return fmt.Sprintf("CODE_%d", uint32(c))
+}
+
+var codeNames = [...]string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+	"NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+	"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
+
+// flatten turns metadata into a map; several values of one key are joined
+// with ", " (HTTP's rule), in the order received. content-type and grpc-*
+// keys belong to gRPC itself and are left out, so both drivers report the
+// same application headers.
+func flatten(md metadata.MD) map[string]string {
+	out := make(map[string]string, len(md))
+	for k, v := range md {
+		if k == "content-type" || strings.HasPrefix(k, "grpc-") {
+			continue
+		}
+		out[k] = strings.ToValidUTF8(strings.Join(v, ", "), "\uFFFD")
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
