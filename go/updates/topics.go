@@ -142,7 +142,9 @@ func (s *Service) SubscribeToUpdates(req *updatesv1.SubscribeRequest, stream upd
 }
 
 func (s *Service) PublishUpdate(ctx context.Context, req *updatesv1.PublishUpdateRequest) (resp *updatesv1.PublishUpdateResponse, err error) {
-	defer func() { s.logRPC(ctx, updatesv1.StreamService_PublishUpdate_FullMethodName, err, "topic", req.GetTopic()) }()
+	defer func() {
+		s.logRPC(ctx, updatesv1.StreamService_PublishUpdate_FullMethodName, err, "topic", req.GetTopic())
+	}()
 	if req.GetTopic() == "" {
 		return nil, invalid("topic is required")
 	}
@@ -153,4 +155,11 @@ func (s *Service) PublishUpdate(ctx context.Context, req *updatesv1.PublishUpdat
 		at:       time.Now(),
 	})
 	return &updatesv1.PublishUpdateResponse{Recipients: int32(n)}, nil
+}
+
+// count is how many subscribers topic has now.
+func (h *topicHub) count(topic string) int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.subs[topic])
 }
