@@ -200,6 +200,8 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         client_id = subscriber.client_id
         self._logger.debug("subscribe client=%s channel=%s stream=%d", client_id, channel, subscriber.stream_id)
         try:
+            # Headers now, not with the first event: the client learns that it is subscribed.
+            await context.send_initial_metadata(())
             if subscription.gap is not None:
                 yield _gap_event(subscription.gap, channel)
             for stored in subscription.replay:
