@@ -1,0 +1,273 @@
+"""StreamService (polystream.updates.v1): the server-streaming patterns.
+
+Topic updates, batched query results, job progress and log tailing. Each
+pattern's state lives in its own module (updates_topics, updates_query,
+updates_jobs, updates_logs); this module holds the rules of the wire
+contract (docs/contract.md) and the handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+from typing import AsyncIterator, Callable, TypeVar
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from polystream.config import ServerConfig
+from polystream.services import updates_jobs, updates_logs, updates_query
+from polystream.services.updates_topics import TopicHub
+from polystream.updates.v1 import updates_pb2, updates_pb2_grpc
+
+T = TypeVar("T")
+
+QUERY_WORKERS = 4  # SQLite work never runs on the event loop; at most this many at once
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1_000_000_000))
+    return stamp
+
+
+class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
+    def __init__(self, config: ServerConfig, logger: logging.Logger) -> None:
+        self._config = config
+        self._log = logger
+        self.log_handler: logging.Handler = updates_logs.LogRing(follower_capacity=config.queue_size)
+        self._topics = TopicHub(config.queue_size, config.backpressure)
+        self._jobs = updates_jobs.JobManager(logger)
+        self._query_pool = concurrent.futures.ThreadPoolExecutor(QUERY_WORKERS, thread_name_prefix="polystream-query")
+        self._temp_dir: str | None = None
+        self._db_path = ""
+        self._open_queries: set[updates_query.QueryRun] = set()
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def register(self, server: grpc.aio.Server) -> None:
+        updates_pb2_grpc.add_StreamServiceServicer_to_server(self, server)
+
+    async def start(self) -> None:
+        if self._config.data_dir:
+            directory = self._config.data_dir
+        else:
+            directory = self._temp_dir = tempfile.mkdtemp(prefix="polystream-query-")
+        self._db_path = os.path.join(directory, updates_query.DB_FILE_NAME)
+        await self._in_query_pool(updates_query.seed_database, self._db_path)
+        self._log.debug("query database seeded", extra={"path": self._db_path, "rows": updates_query.SEED_ROWS})
+
+    async def close(self) -> None:
+        await self._jobs.close()
+        for run in list(self._open_queries):
+            run.stop()
+        # Closing connections waits for interrupted fetches; off the loop.
+        await asyncio.get_running_loop().run_in_executor(None, self._query_pool.shutdown, True)
+        if self._temp_dir:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
+
+    @property
+    def topic_subscribers(self) -> int:
+        return self._topics.subscriber_count()
+
+    @property
+    def active_queries(self) -> int:
+        """Queries whose connection is still open (observable by tests)."""
+        return len(self._open_queries)
+
+    # --- topic updates -------------------------------------------------------
+
+    async def SubscribeToUpdates(
+        self, request: updates_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[updates_pb2.Update]:
+        if not request.topics:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "at least one topic is required")
+        subscriber = self._topics.subscribe(request.client_id, list(request.topics))
+        sequence = 0
+        try:
+            while True:
+                update = await subscriber.next()
+                sequence += 1
+                yield updates_pb2.Update(
+                    topic=update.topic,
+                    message=update.message,
+                    timestamp=timestamp(update.published_at),
+                    metadata=update.metadata,
+                    sequence=sequence,
+                )
+        finally:
+            self._topics.unsubscribe(subscriber)
+            if subscriber.dropped:
+                self._log.warning(
+                    "updates dropped",
+                    extra={"client_id": request.client_id, "dropped": subscriber.dropped},
+                )
+
+    async def PublishUpdate(
+        self, request: updates_pb2.PublishUpdateRequest, context: grpc.aio.ServicerContext
+    ) -> updates_pb2.PublishUpdateResponse:
+        if not request.topic:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "topic is required")
+        recipients = self._topics.publish(request.topic, request.message, dict(request.metadata))
+        return updates_pb2.PublishUpdateResponse(recipients=recipients)
+
+    # --- query results -------------------------------------------------------
+
+    async def StreamQueryResults(
+        self, request: updates_pb2.QueryRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[updates_pb2.QueryResult]:
+        if not request.query.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "query is required")
+        try:
+            batch_size = updates_query.batch_size_or_default(request.batch_size)
+            statement = updates_query.single_select(request.query)
+        except updates_query.QueryRejected as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+        run = updates_query.QueryRun(self._db_path, statement, batch_size)
+        self._open_queries.add(run)
+        # However the RPC ends (cancel, deadline, shutdown), stop the statement at once,
+        # even while this generator is parked at a `yield`.
+        context.add_done_callback(lambda _context: run.stop())
+        try:
+            try:
+                row_count = await self._in_query_pool(run.start)
+                total = updates_query.total_batches(row_count, batch_size)
+                rows = await self._in_query_pool(run.fetch)
+                batch_number = 1
+                while True:
+                    # One batch ahead, so `is_last` is the truth, not the count's guess.
+                    upcoming = await self._in_query_pool(run.fetch) if len(rows) == batch_size else []
+                    yield updates_pb2.QueryResult(
+                        rows=[updates_pb2.Row(columns=row) for row in rows],
+                        batch_number=batch_number,
+                        total_batches=total,
+                        is_last=not upcoming,
+                        sequence=batch_number,
+                    )
+                    if not upcoming:
+                        return
+                    rows, batch_number = upcoming, batch_number + 1
+            except sqlite3.Error as exc:
+                if run.stopped:
+                    raise asyncio.CancelledError() from exc
+                self._log.info("query failed", extra={"error": str(exc)})
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"query failed: {exc}")
+        finally:
+            run.stop()
+            # Closing waits (in the pool) for an interrupted fetch; the RPC need not.
+            try:
+                self._query_pool.submit(self._close_query, run)
+            except RuntimeError:  # the pool is shut down: the server is closing
+                self._close_query(run)
+
+    def _close_query(self, run: updates_query.QueryRun) -> None:
+        try:
+            run.close()
+        finally:
+            self._open_queries.discard(run)  # set.discard is atomic under the GIL
+
+    async def _in_query_pool(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._query_pool, fn, *args)
+
+    # --- jobs ----------------------------------------------------------------
+
+    async def StartJob(
+        self, request: updates_pb2.StartJobRequest, context: grpc.aio.ServicerContext
+    ) -> updates_pb2.StartJobResponse:
+        try:
+            spec = updates_jobs.JobSpec.from_request(request)
+        except updates_jobs.JobRejected as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        job = self._jobs.start(spec)
+        return updates_pb2.StartJobResponse(job_id=job.id)
+
+    async def CancelJob(
+        self, request: updates_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> updates_pb2.CancelJobResponse:
+        job = await self._known_job(request.job_id, context)
+        status = self._jobs.cancel(job)
+        return updates_pb2.CancelJobResponse(job_id=job.id, status=status)
+
+    async def WatchJobProgress(
+        self, request: updates_pb2.JobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[updates_pb2.JobProgress]:
+        job = await self._known_job(request.job_id, context)
+        state = job.state
+        sequence = 1
+        while True:
+            yield updates_pb2.JobProgress(
+                job_id=job.id,
+                percentage=state.percentage,
+                status=state.status,
+                current_step=state.current_step,
+                updated_at=timestamp(state.updated_at),
+                sequence=sequence,
+            )
+            if state.finished:
+                return
+            state = await job.wait_past(state.version)
+            sequence += 1
+
+    async def _known_job(self, job_id: str, context: grpc.aio.ServicerContext) -> updates_jobs.Job:
+        if not job_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id is required")
+        job = self._jobs.get(job_id)
+        if job is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f'job "{job_id}" not found')
+        return job
+
+    # --- log tail ------------------------------------------------------------
+
+    async def TailLogs(
+        self, request: updates_pb2.LogRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[updates_pb2.LogEntry]:
+        if request.log_level not in ("",) + updates_logs.LEVELS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f'log_level must be one of debug, info, warn, error; got "{request.log_level}"',
+            )
+        if request.lines < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"lines must be >= 0, got {request.lines}")
+
+        min_rank = updates_logs.level_rank(request.log_level)
+        service = request.service_name
+
+        def matches(entry: updates_logs.LogRecordEntry) -> bool:
+            return entry.rank >= min_rank and (not service or entry.service == service)
+
+        ring: updates_logs.LogRing = self.log_handler  # type: ignore[assignment]
+        if not request.follow:
+            for sequence, entry in enumerate(ring.recent(matches, request.lines), start=1):
+                yield _log_entry(entry, sequence)
+            return
+
+        past, follower = ring.follow(matches, request.lines)
+        try:
+            sequence = 0
+            for entry in past:
+                sequence += 1
+                yield _log_entry(entry, sequence)
+            while True:
+                entry = await follower.queue.get()
+                sequence += 1
+                yield _log_entry(entry, sequence)
+        finally:
+            ring.unfollow(follower)
+
+
+def _log_entry(entry: updates_logs.LogRecordEntry, sequence: int) -> updates_pb2.LogEntry:
+    return updates_pb2.LogEntry(
+        timestamp=timestamp(entry.created),
+        level=entry.level,
+        message=entry.message,
+        service=entry.service,
+        fields=entry.fields,
+        sequence=sequence,
+    )

@@ -1,0 +1,198 @@
+"""StreamQueryResults: one read-only SELECT over a real, seeded SQLite file.
+
+The event loop never touches SQLite: every call runs in a small dedicated
+thread pool, one batch (`fetchmany`) at a time, so no more than two batches
+of a result are ever in memory. Cancelling the RPC interrupts the statement
+that is running (`Connection.interrupt`) and stops fetching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import pathlib
+import sqlite3
+import threading
+from typing import Any, Iterator
+
+SEED_ROWS = 10_000
+DEFAULT_BATCH_SIZE = 100
+MAX_BATCH_SIZE = 10_000
+DB_FILE_NAME = "query.sqlite3"
+
+NOT_A_SINGLE_SELECT = "only a single SELECT statement is allowed"
+
+
+class QueryRejected(ValueError):
+    """The text is not one SELECT statement (the message is the client's status text)."""
+
+
+def seed_database(path: str) -> None:
+    """(Re)creates large_table with the contract's deterministic rows."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        with conn:  # one transaction
+            conn.execute("DROP TABLE IF EXISTS large_table")
+            conn.execute(
+                "CREATE TABLE large_table ("
+                "id INTEGER PRIMARY KEY, name TEXT NOT NULL, value INTEGER NOT NULL)"
+            )
+            conn.executemany(
+                "INSERT INTO large_table (id, name, value) VALUES (?, ?, ?)",
+                ((i, f"item-{i:05d}", (i * 7919) % 10007) for i in range(1, SEED_ROWS + 1)),
+            )
+
+
+def batch_size_or_default(batch_size: int) -> int:
+    if batch_size < 0 or batch_size > MAX_BATCH_SIZE:
+        raise QueryRejected(f"batch_size must be between 0 and {MAX_BATCH_SIZE}, got {batch_size}")
+    return batch_size or DEFAULT_BATCH_SIZE
+
+
+def total_batches(row_count: int, batch_size: int) -> int:
+    # An empty result still sends one (empty, last) batch.
+    return max(1, math.ceil(row_count / batch_size))
+
+
+# --- the single-SELECT check -------------------------------------------------
+#
+# Rules (the Go server uses the same ones):
+# - whitespace, `-- line` and `/* block */` comments separate tokens;
+# - '...', "...", `...` and [...] are quoted (a doubled quote character stays
+#   inside); an unterminated quote or comment runs to the end of the text;
+# - one statement: a `;` outside quotes/comments may end it, and only
+#   whitespace and comments may follow it;
+# - the first keyword is SELECT or WITH (case-insensitive).
+
+_CLOSERS = {"'": "'", '"': '"', "`": "`", "[": "]"}
+
+
+def _tokens(sql: str) -> Iterator[tuple[str, int, int]]:
+    """Yields (kind, start, end) with kind "word", "quoted", ";" or "other"; skips comments."""
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch.isspace():
+            i += 1
+        elif sql.startswith("--", i):
+            newline = sql.find("\n", i)
+            i = n if newline < 0 else newline + 1
+        elif sql.startswith("/*", i):
+            close = sql.find("*/", i + 2)
+            i = n if close < 0 else close + 2
+        elif ch in _CLOSERS:
+            closer, j = _CLOSERS[ch], i + 1
+            while True:
+                j = sql.find(closer, j)
+                if j < 0:
+                    j = n
+                    break
+                if closer != "]" and sql.startswith(closer * 2, j):
+                    j += 2  # doubled quote: still inside
+                    continue
+                j += 1
+                break
+            yield "quoted", i, j
+            i = j
+        elif ch.isalpha() or ch == "_":
+            j = i + 1
+            while j < n and (sql[j].isalnum() or sql[j] in "_$"):
+                j += 1
+            yield "word", i, j
+            i = j
+        elif ch == ";":
+            yield ";", i, i + 1
+            i += 1
+        else:
+            yield "other", i, i + 1
+            i += 1
+
+
+def single_select(sql: str) -> str:
+    """Returns the statement without its terminating `;`, or raises QueryRejected."""
+    tokens = _tokens(sql)
+    first = next(tokens, None)
+    if first is None or first[0] != "word" or sql[first[1] : first[2]].upper() not in ("SELECT", "WITH"):
+        raise QueryRejected(NOT_A_SINGLE_SELECT)
+    for kind, start, _ in tokens:
+        if kind == ";":
+            if next(tokens, None) is not None:
+                raise QueryRejected(NOT_A_SINGLE_SELECT)
+            return sql[:start]
+    return sql
+
+
+# --- values as text ----------------------------------------------------------
+
+
+def value_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # shortest round-trip; the contract's REAL format
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+# --- one running query -------------------------------------------------------
+
+
+class QueryRun:
+    """A read-only connection and cursor for one RPC.
+
+    `start`, `fetch` and `close` block and run in a worker thread, one at a
+    time (the lock); `stop` may be called from any thread at any moment.
+    """
+
+    def __init__(self, db_path: str, statement: str, batch_size: int) -> None:
+        self._uri = pathlib.Path(db_path).absolute().as_uri() + "?mode=ro"
+        self._statement = statement
+        self._batch_size = batch_size
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._cursor: sqlite3.Cursor | None = None
+        self.columns: list[str] = []
+        self.stopped = False
+        self.closed = threading.Event()
+
+    def start(self) -> int:
+        """Opens the connection, runs the statement and counts its rows."""
+        with self._lock:
+            self._check_running()
+            self._conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+            self._conn.execute("PRAGMA query_only = ON")
+            self._check_running()
+            self._cursor = self._conn.execute(self._statement)
+            self.columns = [d[0] for d in self._cursor.description or ()]
+            # A newline before ")" keeps a trailing `-- comment` from eating it.
+            (count,) = self._conn.execute(f"SELECT COUNT(*) FROM (\n{self._statement}\n)").fetchone()
+            return int(count)
+
+    def fetch(self) -> list[dict[str, str]]:
+        """The next batch (fewer rows than the batch size only at the end)."""
+        with self._lock:
+            self._check_running()
+            assert self._cursor is not None
+            rows = self._cursor.fetchmany(self._batch_size)
+            return [{name: value_text(v) for name, v in zip(self.columns, row)} for row in rows]
+
+    def stop(self) -> None:
+        """Stops the statement that is running and any further fetch."""
+        self.stopped = True
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.interrupt()
+
+    def close(self) -> None:
+        with self._lock:  # waits for an interrupted fetch to return
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = self._cursor = None
+        self.closed.set()
+
+    def _check_running(self) -> None:
+        if self.stopped:
+            raise sqlite3.OperationalError("interrupted")
