@@ -23,7 +23,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -38,6 +37,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/polystream/polystream/go/client"
 	pb "github.com/polystream/polystream/go/gen/polystream/conformance/v1"
 )
 
@@ -168,7 +168,7 @@ func (r *run) finish(err error, header, trailer metadata.MD, response proto.Mess
 	f := &pb.Finished{Code: "OK", Headers: flatten(header), Trailers: flatten(trailer)}
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, errStopped) {
 		st := status.Convert(err)
-		f.Code, f.Message = CodeName(st.Code()), st.Message()
+		f.Code, f.Message = client.CodeName(st.Code()), st.Message()
 	}
 	if response != nil && f.Code == "OK" {
 		f.ResponseJson = toJSON(response)
@@ -263,19 +263,6 @@ func toJSON(m proto.Message) string {
 	}
 	return buf.String()
 }
-
-// CodeName is a status code's canonical name, as in google.rpc.Code
-// ("CANCELLED", "DEADLINE_EXCEEDED"), the same in every language.
-func CodeName(c codes.Code) string {
-	if int(c) < len(codeNames) {
-		return codeNames[c]
-	}
-	return fmt.Sprintf("CODE_%d", uint32(c))
-}
-
-var codeNames = [...]string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
-	"NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-	"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
 
 // flatten turns metadata into a map; several values of one key are joined
 // with ", " (HTTP's rule), in the order received. content-type and grpc-*

@@ -1,13 +1,129 @@
 package conformancedriver
 
 import (
+	"context"
+	"errors"
+	"time"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/polystream/polystream/go/client"
 	pb "github.com/polystream/polystream/go/gen/polystream/conformance/v1"
+	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
 )
 
-// subscribeResilient uses go/client's resilient subscriber.
+// subscribeResilient runs go/client's Subscriber: connected/disconnected for
+// every attempt, control events reported too, log events deduplicated.
+// Request headers and deadline_ms apply to the whole subscription.
 func (r *run) subscribeResilient(s *pb.Subscribe) error {
-	return status.Error(codes.Unimplemented, "resilient subscribe: go/client is not integrated yet")
+	var connects int32
+	var logEvents int32
+	stopped := false // stop_after reached: finished OK
+
+	// Callbacks run on the subscriber's goroutine, between reads: a delay here
+	// is a slow consumer.
+	onMessage := func(e *eventsv1.Event) {
+		if r.cancelled || stopped {
+			return
+		}
+		if d := r.req.GetReadDelayMs(); d > 0 {
+			select {
+			case <-time.After(time.Duration(d) * time.Millisecond):
+			case <-r.ctx.Done():
+			}
+		}
+		seq, id, typ := describeEvent(e)
+		r.emitReceived(e, seq, id, typ)
+		r.received++
+		if seq > 0 {
+			logEvents++
+		}
+		if n := r.req.GetCancelAfter(); n > 0 && r.received >= n {
+			r.cancelled = true
+			r.cancel()
+		} else if n := s.GetStopAfter(); n > 0 && logEvents >= n {
+			stopped = true
+			r.cancel()
+		}
+	}
+	req := s.GetRequest()
+	var sub *client.Subscriber
+	sub, err := client.NewSubscriber(r.conn, client.SubscriberConfig{
+		ClientID:          req.GetClientId(),
+		EventTypes:        req.GetEventTypes(),
+		Channel:           req.GetChannel(),
+		LastEventID:       req.GetLastEventId(),
+		HeartbeatInterval: req.GetHeartbeatInterval(),
+		Backoff:           backoff(s.GetBackoff()),
+		OnEvent:           onMessage,
+		OnControl:         onMessage,
+		OnConnect: func(int) {
+			r.emitConnected(connects, sub.LastEventID())
+			connects++
+		},
+		OnDisconnect: func(err error, _ int, delay time.Duration) {
+			code, msg := errorCode(err)
+			d := &pb.Disconnected{Code: code, Message: msg, WillRetry: delay >= 0}
+			if delay >= 0 {
+				d.DelayMs = delay.Milliseconds()
+			}
+			r.emit(&pb.Observation{Kind: &pb.Observation_Disconnected{Disconnected: d}})
+		},
+	})
+	if err != nil { // bad client_id or heartbeat: the client refuses before calling
+		return r.finish(status.Error(codes.InvalidArgument, err.Error()), nil, nil, nil)
+	}
+	err = sub.Run(r.ctx)
+	if stopped {
+		err = nil
+	}
+	// go/client does not expose the last attempt's headers and trailers.
+	code, msg := errorCode(err)
+	r.emit(&pb.Observation{Kind: &pb.Observation_Finished{Finished: &pb.Finished{Code: code, Message: msg}}})
+	return nil
+}
+
+// backoff maps driver.proto's Backoff onto go/client's; unset fields keep
+// the client's defaults.
+func backoff(b *pb.Backoff) client.Backoff {
+	out := client.DefaultBackoff
+	if b == nil {
+		return out
+	}
+	if b.GetBaseMs() > 0 {
+		out.Base = time.Duration(b.GetBaseMs()) * time.Millisecond
+	}
+	if b.GetMaxMs() > 0 {
+		out.Max = time.Duration(b.GetMaxMs()) * time.Millisecond
+	}
+	if out.Max < out.Base {
+		out.Max = out.Base
+	}
+	if b.GetMultiplier() >= 1 {
+		out.Multiplier = b.GetMultiplier()
+	}
+	out.MaxRetries = int(b.GetMaxRetries())
+	return out
+}
+
+// errorCode names a failure the same way as the Python driver: a status
+// error by its code; the client's own verdicts ErrStalled (heartbeat
+// watchdog) as UNAVAILABLE and a stream the server ended with OK as OK;
+// the call's context as CANCELLED or DEADLINE_EXCEEDED.
+func errorCode(err error) (string, string) {
+	switch {
+	case err == nil:
+		return "OK", ""
+	case errors.Is(err, context.Canceled):
+		return "CANCELLED", err.Error()
+	case errors.Is(err, context.DeadlineExceeded):
+		return "DEADLINE_EXCEEDED", err.Error()
+	case errors.Is(err, client.ErrStalled):
+		return "UNAVAILABLE", err.Error()
+	}
+	if st, ok := status.FromError(err); ok {
+		return client.CodeName(st.Code()), st.Message()
+	}
+	return "OK", err.Error() // go/client's "server ended the subscription"
 }
