@@ -178,7 +178,9 @@ class ResilientSubscriber:
 
     @property
     def silence_limit(self) -> float:
-        return 2 * (self.heartbeat_interval or DEFAULT_HEARTBEAT_SECONDS)
+        # a negative interval is the server's to reject, not a zero timeout
+        interval = self.heartbeat_interval if self.heartbeat_interval > 0 else DEFAULT_HEARTBEAT_SECONDS
+        return 2 * interval
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self.events()
