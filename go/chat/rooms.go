@@ -137,3 +137,21 @@ func accept(in *chatv1.Message, room string) (*chatv1.Message, error) {
 		Type:      typ,
 	}, nil
 }
+
+// count is how many streams are in room now.
+func (h *roomHub) count(room string) int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.rooms[room])
+}
+
+// dropped is how many messages the members of room have missed so far.
+func (h *roomHub) dropped(room string) uint64 {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	var n uint64
+	for m := range h.rooms[room] {
+		n += m.dropped.Load()
+	}
+	return n
+}
