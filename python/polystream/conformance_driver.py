@@ -28,6 +28,7 @@ from polystream.chat.v1 import chat_pb2, chat_pb2_grpc
 from polystream.conformance.v1 import driver_pb2, driver_pb2_grpc
 from polystream.events.v1 import events_pb2, events_pb2_grpc
 from polystream.updates.v1 import updates_pb2, updates_pb2_grpc
+from polystream.vendor import grpc_health_v1_pb2 as health_pb, grpc_health_v1_pb2_grpc as health_grpc
 
 OK = grpc.StatusCode.OK.name
 
@@ -561,9 +562,17 @@ class Driver(driver_pb2_grpc.ClientDriverServicer):
             await run.channel.close()
 
 
+class _Health(health_grpc.HealthServicer):
+    """grpc.health.v1: SERVING while the driver is up (the harness waits on it)."""
+
+    async def Check(self, request, context):
+        return health_pb.HealthCheckResponse(status=health_pb.HealthCheckResponse.SERVING)
+
+
 async def serve(host: str, port: int) -> None:
     server = grpc.aio.server()
     driver_pb2_grpc.add_ClientDriverServicer_to_server(Driver(), server)
+    health_grpc.add_HealthServicer_to_server(_Health(), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise SystemExit(f"polystream driver: cannot listen on {host}:{port}")
