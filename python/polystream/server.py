@@ -19,7 +19,10 @@ import grpc
 from polystream import config as config_module
 from polystream import reflection
 from polystream.config import ServerConfig
+from polystream.chat.v1 import chat_pb2  # noqa: F401  (descriptors for reflection)
+from polystream.events.v1 import events_pb2  # noqa: F401
 from polystream.services.events import EventService
+from polystream.updates.v1 import updates_pb2  # noqa: F401
 from polystream.services.updates import UpdatesService
 from polystream.vendor import grpc_health_v1_pb2 as health_pb
 from polystream.vendor import grpc_health_v1_pb2_grpc as health_grpc
@@ -41,6 +44,21 @@ log = logging.getLogger("polystream.server")
 
 
 # --- the interceptor: shutdown of long-lived streams, stats, the "rpc" record ---
+
+
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _status_code(code: Any) -> grpc.StatusCode:
+    """The context reports its final code as a StatusCode, a number or None (= OK)."""
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return _CODES_BY_NUMBER.get(code or 0, grpc.StatusCode.UNKNOWN)
+
+
+@dataclasses.dataclass
+class _Rpc:
+    cancelled: bool = False
 
 
 class StreamGuard(grpc.aio.ServerInterceptor):
@@ -84,33 +102,39 @@ class StreamGuard(grpc.aio.ServerInterceptor):
             return handler._replace(unary_stream=self._server_stream(handler.unary_stream, method))
         return handler._replace(stream_stream=self._server_stream(handler.stream_stream, method))
 
-    def _started(self, context: grpc.aio.ServicerContext, method: str, streaming: bool) -> None:
+    def _started(self, context: grpc.aio.ServicerContext, method: str, streaming: bool) -> "_Rpc":
         self.requests += 1
         if streaming:
             self.active_streams += 1
+        rpc = _Rpc()
 
         def finished(ctx: grpc.aio.ServicerContext) -> None:
             if streaming:
                 self.active_streams -= 1
-            code = ctx.code()
-            if ctx.cancelled():
-                code = grpc.StatusCode.CANCELLED
-            name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code is None else str(code)
-            self._logger.info("rpc", extra={"method": method, "code": name})
+            # A handler cancelled by grpc (client cancel, deadline, lost
+            # connection) leaves the context's code unset, so remember it here.
+            cancelled = rpc.cancelled or ctx.cancelled()
+            code = grpc.StatusCode.CANCELLED if cancelled else _status_code(ctx.code())
+            self._logger.info("rpc", extra={"method": method, "code": code.name})
 
         context.add_done_callback(finished)
+        return rpc
 
     def _unary(self, behavior: Callable, method: str) -> Callable:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            self._started(context, method, streaming=False)
-            return await behavior(request, context)  # unary calls finish within the grace period
+            rpc = self._started(context, method, streaming=False)
+            try:
+                return await behavior(request, context)  # unary calls finish within the grace period
+            except asyncio.CancelledError:
+                rpc.cancelled = True
+                raise
 
         return unary
 
     def _client_stream(self, behavior: Callable, method: str) -> Callable:
         async def client_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-            self._started(context, method, streaming=True)
-            return await self._until_shutdown(behavior(request_iterator, context), context)
+            rpc = self._started(context, method, streaming=True)
+            return await self._until_shutdown(behavior(request_iterator, context), context, rpc)
 
         return client_stream
 
@@ -118,8 +142,8 @@ class StreamGuard(grpc.aio.ServerInterceptor):
         if not inspect.isasyncgenfunction(behavior):  # a handler that writes with context.write
 
             async def writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                self._started(context, method, streaming=True)
-                return await self._until_shutdown(behavior(request, context), context)
+                rpc = self._started(context, method, streaming=True)
+                return await self._until_shutdown(behavior(request, context), context, rpc)
 
             return writer
 
@@ -127,7 +151,7 @@ class StreamGuard(grpc.aio.ServerInterceptor):
             # Each step of the handler runs as a task so that shutdown can
             # interrupt a handler parked on its own queue; cancelling the step
             # runs the handler's cleanup.
-            self._started(context, method, streaming=True)
+            rpc = self._started(context, method, streaming=True)
             responses = behavior(request, context)
             shutdown = self._shutdown_future()
             step: Optional[asyncio.Future] = None
@@ -143,6 +167,9 @@ class StreamGuard(grpc.aio.ServerInterceptor):
                         return
                     step = None
                     yield response
+            except (asyncio.CancelledError, GeneratorExit):
+                rpc.cancelled = True
+                raise
             finally:
                 if step is not None and not step.done():
                     step.cancel()
@@ -152,13 +179,16 @@ class StreamGuard(grpc.aio.ServerInterceptor):
 
         return generator
 
-    async def _until_shutdown(self, coroutine, context: grpc.aio.ServicerContext) -> Any:
+    async def _until_shutdown(self, coroutine, context: grpc.aio.ServicerContext, rpc: "_Rpc") -> Any:
         if self.shutting_down:
             coroutine.close()
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         work = asyncio.ensure_future(coroutine)
         try:
             await asyncio.wait((work, self._shutdown_future()), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            rpc.cancelled = True
+            raise
         finally:
             if not work.done():
                 work.cancel()
@@ -315,12 +345,12 @@ def _configure_logging(level: str) -> None:
 
 
 async def _serve(config: ServerConfig) -> None:
-    running = await start_server(config)
-    print(f"polystream listening on {running.address}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM):  # before the line: a script may signal right after it
         loop.add_signal_handler(signum, stop.set)
+    running = await start_server(config)
+    print(f"polystream listening on {running.address}", flush=True)
     await stop.wait()
     await running.stop()
 
