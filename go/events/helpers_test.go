@@ -22,7 +22,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // testServer is a Service behind a real gRPC server on 127.0.0.1:0.
 type testServer struct {
-	t      *testing.T
+	t      testing.TB
 	svc    *Service
 	srv    *grpc.Server
 	addr   string
@@ -30,7 +30,7 @@ type testServer struct {
 	ctx    context.Context             // bounds every call of the test
 }
 
-func startServer(t *testing.T, cfg Config) *testServer {
+func startServer(t testing.TB, cfg Config) *testServer {
 	t.Helper()
 	svc, err := New(cfg)
 	if err != nil {
@@ -39,7 +39,7 @@ func startServer(t *testing.T, cfg Config) *testServer {
 	return serveService(t, svc)
 }
 
-func serveService(t *testing.T, svc *Service) *testServer {
+func serveService(t testing.TB, svc *Service) *testServer {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
