@@ -3,7 +3,6 @@ package chat
 import (
 	"context"
 	"io"
-	"sync"
 	"time"
 
 	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
@@ -22,14 +21,6 @@ type joinedRoom struct {
 	room string
 }
 
-// chatState is what the receiver learned, read by the final log record.
-type chatState struct {
-	mu       sync.Mutex
-	room     string
-	received int
-	m        *member
-}
-
 // Chat runs two goroutines: the handler's is the stream's only sender
 // (echoes, room messages, keep-alives, each stamped with the next sequence);
 // the other receives. Echoes pass through a small channel the receiver blocks
@@ -37,25 +28,13 @@ type chatState struct {
 // rather than buffered without bound; room messages from others use the
 // member's drop-only queue. The handler never waits for the receiver: a Recv
 // blocked on a silent client returns when the handler has ended the stream.
-func (s *Service) Chat(stream chatv1.ChatService_ChatServer) (err error) {
+func (s *Service) Chat(stream chatv1.ChatService_ChatServer) error {
 	ctx, done := s.streamCtx(stream.Context())
 	defer done()
 
-	st := &chatState{}
-	defer func() {
-		st.mu.Lock()
-		room, received := st.room, st.received
-		var dropped uint64
-		if st.m != nil {
-			dropped = st.m.dropped.Load()
-		}
-		st.mu.Unlock()
-		s.logRPC(stream.Context(), chatv1.ChatService_Chat_FullMethodName, err, "room", room, "messages", received, "dropped", dropped)
-	}()
-
 	joined := make(chan joinedRoom, 1)
 	in := make(chan inbound, 16)
-	go s.chatReceive(stream, ctx, st, joined, in)
+	go s.chatReceive(ctx, stream, joined, in)
 
 	var (
 		seq   uint64
@@ -101,7 +80,7 @@ func (s *Service) Chat(stream chatv1.ChatService_ChatServer) (err error) {
 
 // chatReceive reads the client's messages: the first one joins its room, each
 // is broadcast to the others there and handed to the sender as an echo.
-func (s *Service) chatReceive(stream chatv1.ChatService_ChatServer, ctx context.Context, st *chatState, joined chan<- joinedRoom, in chan<- inbound) {
+func (s *Service) chatReceive(ctx context.Context, stream chatv1.ChatService_ChatServer, joined chan<- joinedRoom, in chan<- inbound) {
 	defer close(in)
 	var (
 		me   *member
@@ -109,8 +88,7 @@ func (s *Service) chatReceive(stream chatv1.ChatService_ChatServer, ctx context.
 	)
 	defer func() {
 		if me != nil {
-			s.rooms.leave(room, me)
-			s.rooms.deliver(room, systemMessage(chatv1.MessageType_MESSAGE_TYPE_LEAVE, me.user, room, me.user+" left"), me)
+			s.leave(room, me)
 		}
 	}()
 	push := func(it inbound) bool {
@@ -148,10 +126,6 @@ func (s *Service) chatReceive(stream chatv1.ChatService_ChatServer, ctx context.
 			joined <- joinedRoom{m: me, room: room}
 			s.rooms.deliver(room, systemMessage(chatv1.MessageType_MESSAGE_TYPE_JOIN, me.user, room, me.user+" joined"), me)
 		}
-		st.mu.Lock()
-		st.room, st.m = room, me
-		st.received++
-		st.mu.Unlock()
 		s.rooms.deliver(room, echo, me)
 		if !push(inbound{echo: echo}) {
 			return

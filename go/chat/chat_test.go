@@ -1,10 +1,14 @@
 package chat
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"regexp"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -372,9 +376,12 @@ func TestUploadMessages(t *testing.T) {
 // A subscriber that stops reading loses room messages (counted) while the
 // sender and the other subscribers carry on.
 func TestSlowSubscriberDoesNotHoldUpRoom(t *testing.T) {
-	e := newEnv(t, Config{})
+	var logs lockedBuffer
+	e := newEnv(t, Config{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	ctx := ctxT(t)
-	subscribe(t, ctx, e, "busy", "stalled") // never read again
+	stalledCtx, cancelStalled := context.WithCancel(ctx)
+	defer cancelStalled()
+	subscribe(t, stalledCtx, e, "busy", "stalled") // never read again
 	fast := subscribe(t, ctx, e, "busy", "fast")
 	big := string(make([]byte, 32<<10))
 	for i := range 600 { // far more than its queue and HTTP/2 windows hold
@@ -389,6 +396,29 @@ func TestSlowSubscriberDoesNotHoldUpRoom(t *testing.T) {
 	if e.svc.rooms.dropped("busy") == 0 {
 		t.Fatal("the stalled subscriber dropped nothing: its queue is not bounded")
 	}
+	// What it missed is logged when it leaves.
+	cancelStalled()
+	waitFor(t, "the drop record", func() bool {
+		return strings.Contains(logs.String(), `"msg":"messages dropped","room":"busy","user":"stalled","dropped":`)
+	})
+}
+
+// lockedBuffer collects the JSON log lines the service writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func TestCloseEndsChatStreams(t *testing.T) {

@@ -51,8 +51,7 @@ func (sp *sampler) take() (sample, error) {
 	return out, nil
 }
 
-func (s *Service) StreamMetrics(req *chatv1.MetricsRequest, stream chatv1.ChatService_StreamMetricsServer) (err error) {
-	defer func() { s.logRPC(stream.Context(), chatv1.ChatService_StreamMetrics_FullMethodName, err) }()
+func (s *Service) StreamMetrics(req *chatv1.MetricsRequest, stream chatv1.ChatService_StreamMetricsServer) error {
 	if req.GetIntervalSeconds() < 0 {
 		return invalid("interval_seconds must be >= 0, got %d", req.GetIntervalSeconds())
 	}

@@ -7,7 +7,6 @@ import (
 	"context"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -105,47 +104,15 @@ func (s *Service) endErr(ctx context.Context) error {
 	return status.FromContextError(ctx.Err()).Err()
 }
 
-// logRPC writes the one "rpc" record per call that the contract asks for.
-func (s *Service) logRPC(ctx context.Context, method string, err error, attrs ...any) {
-	args := append([]any{"method", method, "code", codeName(status.Code(err))}, attrs...)
-	s.log.InfoContext(context.WithoutCancel(ctx), "rpc", args...)
-}
-
-// codeName spells a code as the CLI and Python do (INVALID_ARGUMENT).
-func codeName(c codes.Code) string {
-	switch c {
-	case codes.OK:
-		return "OK"
-	case codes.Canceled:
-		return "CANCELLED"
-	case codes.InvalidArgument:
-		return "INVALID_ARGUMENT"
-	case codes.DeadlineExceeded:
-		return "DEADLINE_EXCEEDED"
-	case codes.NotFound:
-		return "NOT_FOUND"
-	case codes.AlreadyExists:
-		return "ALREADY_EXISTS"
-	case codes.PermissionDenied:
-		return "PERMISSION_DENIED"
-	case codes.ResourceExhausted:
-		return "RESOURCE_EXHAUSTED"
-	case codes.FailedPrecondition:
-		return "FAILED_PRECONDITION"
-	case codes.OutOfRange:
-		return "OUT_OF_RANGE"
-	case codes.Unimplemented:
-		return "UNIMPLEMENTED"
-	case codes.Unavailable:
-		return "UNAVAILABLE"
-	case codes.DataLoss:
-		return "DATA_LOSS"
-	case codes.Unauthenticated:
-		return "UNAUTHENTICATED"
-	}
-	return strings.ToUpper(c.String())
-}
-
 func invalid(format string, args ...any) error {
 	return status.Errorf(codes.InvalidArgument, format, args...)
+}
+
+// leave takes m out of room, tells the others, and logs what m missed.
+func (s *Service) leave(room string, m *member) {
+	s.rooms.leave(room, m)
+	s.rooms.deliver(room, systemMessage(chatv1.MessageType_MESSAGE_TYPE_LEAVE, m.user, room, m.user+" left"), m)
+	if n := m.dropped.Load(); n > 0 {
+		s.log.Warn("messages dropped", "room", room, "user", m.user, "dropped", n)
+	}
 }

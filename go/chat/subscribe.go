@@ -6,16 +6,8 @@ import (
 	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
 )
 
-func (s *Service) SubscribeMessages(req *chatv1.SubscribeRequest, stream chatv1.ChatService_SubscribeMessagesServer) (err error) {
+func (s *Service) SubscribeMessages(req *chatv1.SubscribeRequest, stream chatv1.ChatService_SubscribeMessagesServer) error {
 	room := roomName(req.GetRoom())
-	var m *member
-	defer func() {
-		var dropped uint64
-		if m != nil {
-			dropped = m.dropped.Load()
-		}
-		s.logRPC(stream.Context(), chatv1.ChatService_SubscribeMessages_FullMethodName, err, "room", room, "user", req.GetUser(), "dropped", dropped)
-	}()
 	if req.GetUser() == "" {
 		return invalid("user is required")
 	}
@@ -24,12 +16,9 @@ func (s *Service) SubscribeMessages(req *chatv1.SubscribeRequest, stream chatv1.
 
 	// Join before the welcome: once the client has the welcome, every later
 	// room message reaches it.
-	m = newMember(req.GetUser())
+	m := newMember(req.GetUser())
 	s.rooms.join(room, m)
-	defer func() {
-		s.rooms.leave(room, m)
-		s.rooms.deliver(room, systemMessage(chatv1.MessageType_MESSAGE_TYPE_LEAVE, m.user, room, m.user+" left"), m)
-	}()
+	defer s.leave(room, m)
 	welcome := systemMessage(chatv1.MessageType_MESSAGE_TYPE_SYSTEM, "system", room, fmt.Sprintf("welcome to %s, %s", room, m.user))
 	if err := stream.Send(stamped(welcome, 1)); err != nil {
 		return err

@@ -7,9 +7,8 @@ import (
 	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
 )
 
-func (s *Service) SendMessage(ctx context.Context, req *chatv1.SendMessageRequest) (resp *chatv1.SendMessageResponse, err error) {
+func (s *Service) SendMessage(ctx context.Context, req *chatv1.SendMessageRequest) (*chatv1.SendMessageResponse, error) {
 	room := roomName(req.GetRoom())
-	defer func() { s.logRPC(ctx, chatv1.ChatService_SendMessage_FullMethodName, err, "room", room) }()
 	msg, err := accept(&chatv1.Message{User: req.GetUser(), Content: req.GetContent()}, room)
 	if err != nil {
 		return nil, err
@@ -20,11 +19,8 @@ func (s *Service) SendMessage(ctx context.Context, req *chatv1.SendMessageReques
 
 // UploadMessages delivers each message to its room as it arrives; gRPC flow
 // control paces a fast uploader because nothing is buffered here.
-func (s *Service) UploadMessages(stream chatv1.ChatService_UploadMessagesServer) (err error) {
+func (s *Service) UploadMessages(stream chatv1.ChatService_UploadMessagesServer) error {
 	var count int32
-	defer func() {
-		s.logRPC(stream.Context(), chatv1.ChatService_UploadMessages_FullMethodName, err, "message_count", count)
-	}()
 	for {
 		in, err := stream.Recv()
 		if err == io.EOF {

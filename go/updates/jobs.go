@@ -94,6 +94,7 @@ func (m *jobManager) start(name string, steps, stepMS, failAt int) (*job, error)
 		stop:    make(chan struct{}),
 	}
 	m.jobs[j.id] = j
+	m.log.Info("job started", "job_id", j.id, "job_name", name, "steps", steps)
 	m.wg.Add(1)
 	go m.run(j)
 	return j, nil
@@ -123,7 +124,7 @@ func (m *jobManager) set(j *job, st updatesv1.JobStatus, percent float64, step s
 	j.mu.Unlock()
 	if ended {
 		m.retire(j.id)
-		m.log.Info("job ended", "job_id", j.id, "status", st.String(), "current_step", step)
+		m.log.Info("job finished", "job_id", j.id, "status", st.String())
 	}
 	return true
 }
@@ -202,10 +203,7 @@ func (m *jobManager) close() {
 	m.wg.Wait()
 }
 
-func (s *Service) StartJob(ctx context.Context, req *updatesv1.StartJobRequest) (resp *updatesv1.StartJobResponse, err error) {
-	defer func() {
-		s.logRPC(ctx, updatesv1.StreamService_StartJob_FullMethodName, err, "job_id", resp.GetJobId(), "name", req.GetName())
-	}()
+func (s *Service) StartJob(ctx context.Context, req *updatesv1.StartJobRequest) (*updatesv1.StartJobResponse, error) {
 	steps, stepMS := int(req.GetSteps()), int(req.GetStepDurationMs())
 	if steps < 0 || steps > maxSteps {
 		return nil, invalid("steps must be between 0 and %d, got %d", maxSteps, steps)
@@ -237,8 +235,7 @@ func (s *Service) findJob(id string) (*job, error) {
 	return j, nil
 }
 
-func (s *Service) CancelJob(ctx context.Context, req *updatesv1.CancelJobRequest) (resp *updatesv1.CancelJobResponse, err error) {
-	defer func() { s.logRPC(ctx, updatesv1.StreamService_CancelJob_FullMethodName, err, "job_id", req.GetJobId()) }()
+func (s *Service) CancelJob(ctx context.Context, req *updatesv1.CancelJobRequest) (*updatesv1.CancelJobResponse, error) {
 	j, err := s.findJob(req.GetJobId())
 	if err != nil {
 		return nil, err
@@ -246,10 +243,7 @@ func (s *Service) CancelJob(ctx context.Context, req *updatesv1.CancelJobRequest
 	return &updatesv1.CancelJobResponse{JobId: j.id, Status: s.jobs.cancel(j)}, nil
 }
 
-func (s *Service) WatchJobProgress(req *updatesv1.JobRequest, stream updatesv1.StreamService_WatchJobProgressServer) (err error) {
-	defer func() {
-		s.logRPC(stream.Context(), updatesv1.StreamService_WatchJobProgress_FullMethodName, err, "job_id", req.GetJobId())
-	}()
+func (s *Service) WatchJobProgress(req *updatesv1.JobRequest, stream updatesv1.StreamService_WatchJobProgressServer) error {
 	j, err := s.findJob(req.GetJobId())
 	if err != nil {
 		return err

@@ -7,10 +7,7 @@ import (
 	updatesv1 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
 )
 
-func (s *Service) TailLogs(req *updatesv1.LogRequest, stream updatesv1.StreamService_TailLogsServer) (err error) {
-	defer func() {
-		s.logRPC(stream.Context(), updatesv1.StreamService_TailLogs_FullMethodName, err, "service_name", req.GetServiceName())
-	}()
+func (s *Service) TailLogs(req *updatesv1.LogRequest, stream updatesv1.StreamService_TailLogsServer) error {
 	level := req.GetLogLevel()
 	if level == "" {
 		level = "debug"

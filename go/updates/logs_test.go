@@ -74,24 +74,37 @@ func TestTailLogsHistoryFilters(t *testing.T) {
 	}
 }
 
-// Every RPC leaves one "rpc" record naming the method and the code.
-func TestTailLogsRPCRecords(t *testing.T) {
+// The service's own records (job lifecycle, failed queries) feed the tail,
+// with service "updates" and their attributes as fields.
+func TestTailLogsServiceRecords(t *testing.T) {
 	e := newEnv(t, Config{})
 	ctx := ctxT(t)
-	e.client.PublishUpdate(ctx, &updatesv1.PublishUpdateRequest{})
-	e.client.PublishUpdate(ctx, &updatesv1.PublishUpdateRequest{Topic: "t"})
-	got, err := recvAll[updatesv1.LogEntry](tail(t, ctx, e, &updatesv1.LogRequest{ServiceName: "updates", Lines: 2}))
-	if err != nil {
+	s := tail(t, ctx, e, &updatesv1.LogRequest{ServiceName: "updates", LogLevel: "info", Follow: true})
+	if _, err := s.Header(); err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 {
-		t.Fatalf("%d records", len(got))
+	id := startJob(t, e, &updatesv1.StartJobRequest{Name: "nightly", Steps: 1, StepDurationMs: 1})
+	query(t, e, "SELECT nope", 0)
+	want := []struct{ msg, key, val string }{
+		{"job started", "job_name", "nightly"},
+		{"job finished", "status", "JOB_STATUS_COMPLETED"},
+		{"query failed", "error", "no such column: nope"},
 	}
-	for i, code := range []string{"INVALID_ARGUMENT", "OK"} {
-		l := got[i]
-		if l.GetMessage() != "rpc" || l.GetLevel() != "info" || l.GetService() != "updates" ||
-			l.GetFields()["method"] != "/polystream.updates.v1.StreamService/PublishUpdate" || l.GetFields()["code"] != code {
-			t.Fatalf("record %d: %v", i, l)
+	seen := map[string]*updatesv1.LogEntry{}
+	for len(seen) < len(want) {
+		l, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[l.GetMessage()] = l
+	}
+	for _, w := range want {
+		l := seen[w.msg]
+		if l == nil || l.GetService() != "updates" || l.GetLevel() != "info" || l.GetFields()[w.key] != w.val {
+			t.Fatalf("%q record: %v", w.msg, l)
+		}
+		if w.msg != "query failed" && l.GetFields()["job_id"] != id {
+			t.Fatalf("%q record: %v", w.msg, l)
 		}
 	}
 }

@@ -30,18 +30,18 @@ type queryDB struct {
 	active atomic.Int64 // queries running now (tests check cancellation with it)
 }
 
-// openQueryDB (re)builds dir/query.db with the contract's data and opens it
+// openQueryDB (re)builds dir/query.sqlite3 (the name Python uses too) with the contract's data and opens it
 // read-only. The file is rebuilt aside and renamed into place, so the data is
 // always exactly the contract's and a reader never sees a half-seeded file.
 func openQueryDB(dir string) (*queryDB, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	path, err := filepath.Abs(filepath.Join(dir, "query.db"))
+	path, err := filepath.Abs(filepath.Join(dir, "query.sqlite3"))
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := os.CreateTemp(dir, "query.db.seed-")
+	tmp, err := os.CreateTemp(dir, "query.sqlite3.seed-")
 	if err != nil {
 		return nil, err
 	}
@@ -94,8 +94,7 @@ func seed(path string) error {
 
 func (q *queryDB) close() error { return q.db.Close() }
 
-func (s *Service) StreamQueryResults(req *updatesv1.QueryRequest, stream updatesv1.StreamService_StreamQueryResultsServer) (err error) {
-	defer func() { s.logRPC(stream.Context(), updatesv1.StreamService_StreamQueryResults_FullMethodName, err) }()
+func (s *Service) StreamQueryResults(req *updatesv1.QueryRequest, stream updatesv1.StreamService_StreamQueryResultsServer) error {
 	if strings.TrimSpace(req.GetQuery()) == "" {
 		return invalid("query is required")
 	}
@@ -202,7 +201,9 @@ func (s *Service) queryErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return s.endErr(ctx)
 	}
-	return invalid("query failed: %s", sqliteMessage(err))
+	msg := sqliteMessage(err)
+	s.log.Info("query failed", "error", msg)
+	return invalid("query failed: %s", msg)
 }
 
 // sqliteSuffix is the " (1)" result code modernc appends to messages.

@@ -224,7 +224,7 @@ func TestQueryCancelMidStream(t *testing.T) {
 func TestQueryDataDir(t *testing.T) {
 	dir := t.TempDir()
 	e := newEnv(t, Config{DataDir: dir})
-	if _, err := os.Stat(filepath.Join(dir, "query.db")); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, "query.sqlite3")); err != nil {
 		t.Fatal(err)
 	}
 	res, err := query(t, e, "SELECT COUNT(*) AS n, SUM(value) AS s FROM large_table", 0)
@@ -252,7 +252,7 @@ func TestQueryTempDirRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := svc.tmpDir
-	if _, err := os.Stat(filepath.Join(dir, "query.db")); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, "query.sqlite3")); err != nil {
 		t.Fatal(err)
 	}
 	if err := svc.Close(); err != nil {

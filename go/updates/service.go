@@ -8,7 +8,6 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -120,57 +119,6 @@ func (s *Service) endErr(ctx context.Context) error {
 		return errClosing
 	}
 	return status.FromContextError(ctx.Err()).Err()
-}
-
-// logRPC writes the one "rpc" record per call that the contract asks for.
-func (s *Service) logRPC(ctx context.Context, method string, err error, attrs ...any) {
-	logRPC(ctx, s.log, method, err, attrs...)
-}
-
-func logRPC(ctx context.Context, log *slog.Logger, method string, err error, attrs ...any) {
-	args := append([]any{"method", method, "code", codeName(status.Code(err))}, attrs...)
-	log.InfoContext(context.WithoutCancel(ctx), "rpc", args...)
-}
-
-// codeName spells a code as the CLI and Python do (INVALID_ARGUMENT).
-func codeName(c codes.Code) string {
-	switch c {
-	case codes.OK:
-		return "OK"
-	case codes.Canceled:
-		return "CANCELLED"
-	case codes.Unknown:
-		return "UNKNOWN"
-	case codes.InvalidArgument:
-		return "INVALID_ARGUMENT"
-	case codes.DeadlineExceeded:
-		return "DEADLINE_EXCEEDED"
-	case codes.NotFound:
-		return "NOT_FOUND"
-	case codes.AlreadyExists:
-		return "ALREADY_EXISTS"
-	case codes.PermissionDenied:
-		return "PERMISSION_DENIED"
-	case codes.ResourceExhausted:
-		return "RESOURCE_EXHAUSTED"
-	case codes.FailedPrecondition:
-		return "FAILED_PRECONDITION"
-	case codes.Aborted:
-		return "ABORTED"
-	case codes.OutOfRange:
-		return "OUT_OF_RANGE"
-	case codes.Unimplemented:
-		return "UNIMPLEMENTED"
-	case codes.Internal:
-		return "INTERNAL"
-	case codes.Unavailable:
-		return "UNAVAILABLE"
-	case codes.DataLoss:
-		return "DATA_LOSS"
-	case codes.Unauthenticated:
-		return "UNAUTHENTICATED"
-	}
-	return strings.ToUpper(c.String())
 }
 
 func invalid(format string, args ...any) error {

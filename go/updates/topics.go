@@ -98,15 +98,7 @@ func uniqueTopics(in []string) []string {
 	return out
 }
 
-func (s *Service) SubscribeToUpdates(req *updatesv1.SubscribeRequest, stream updatesv1.StreamService_SubscribeToUpdatesServer) (err error) {
-	var sub *topicSub
-	defer func() {
-		var dropped uint64
-		if sub != nil {
-			dropped = sub.dropped.Load()
-		}
-		s.logRPC(stream.Context(), updatesv1.StreamService_SubscribeToUpdates_FullMethodName, err, "client_id", req.GetClientId(), "dropped", dropped)
-	}()
+func (s *Service) SubscribeToUpdates(req *updatesv1.SubscribeRequest, stream updatesv1.StreamService_SubscribeToUpdatesServer) error {
 	topics := uniqueTopics(req.GetTopics())
 	if len(topics) == 0 {
 		return invalid("at least one topic is required")
@@ -114,8 +106,13 @@ func (s *Service) SubscribeToUpdates(req *updatesv1.SubscribeRequest, stream upd
 	ctx, done := s.streamCtx(stream.Context())
 	defer done()
 
-	sub = s.topics.subscribe(topics)
-	defer s.topics.unsubscribe(topics, sub)
+	sub := s.topics.subscribe(topics)
+	defer func() {
+		s.topics.unsubscribe(topics, sub)
+		if n := sub.dropped.Load(); n > 0 {
+			s.log.Warn("updates dropped", "client_id", req.GetClientId(), "dropped", n)
+		}
+	}()
 	// Headers tell the client it is subscribed: updates published from now on
 	// reach it.
 	if err := stream.SendHeader(metadata.MD{}); err != nil {
@@ -141,10 +138,7 @@ func (s *Service) SubscribeToUpdates(req *updatesv1.SubscribeRequest, stream upd
 	}
 }
 
-func (s *Service) PublishUpdate(ctx context.Context, req *updatesv1.PublishUpdateRequest) (resp *updatesv1.PublishUpdateResponse, err error) {
-	defer func() {
-		s.logRPC(ctx, updatesv1.StreamService_PublishUpdate_FullMethodName, err, "topic", req.GetTopic())
-	}()
+func (s *Service) PublishUpdate(ctx context.Context, req *updatesv1.PublishUpdateRequest) (*updatesv1.PublishUpdateResponse, error) {
 	if req.GetTopic() == "" {
 		return nil, invalid("topic is required")
 	}
