@@ -66,7 +66,7 @@ def report_error(text: str) -> None:
 def progress_bar(progress: updates_pb2.JobProgress, width: int = 30) -> str:
     filled = int(width * min(max(progress.percentage, 0.0), 100.0) / 100)
     status = updates_pb2.JobStatus.Name(progress.status).removeprefix("JOB_STATUS_")
-    return f"\r[{'#' * filled}{'-' * (width - filled)}] {progress.percentage:5.1f}% {status} {progress.current_step}"
+    return f"[{'#' * filled}{'-' * (width - filled)}] {progress.percentage:5.1f}% {status} {progress.current_step}"
 
 
 # ---------------------------------------------------------------- flag types
@@ -162,17 +162,25 @@ async def cmd_subscribe(conn: Connection, args: argparse.Namespace) -> int:
         await print_stream(call, args.count, counts=lambda event: not is_control_event(event))
         return 0
     subscriber = ResilientSubscriber(conn.channel, heartbeat_interval=args.heartbeat, **request)
-    seen = 0
-    async with subscriber:
+
+    async def print_events() -> None:
+        seen = 0
         events = subscriber.events()
         try:
             async for event in events:
                 print_message(event)
                 seen += 1
                 if args.count and seen >= args.count:
-                    break
+                    return
         finally:
             await events.aclose()
+
+    async with subscriber:
+        try:
+            # --timeout bounds the whole subscription, reconnections included
+            await asyncio.wait_for(print_events(), conn.stream_timeout)
+        except asyncio.TimeoutError:
+            raise CommandFailed("DEADLINE_EXCEEDED: Deadline Exceeded") from None
     return 0
 
 
@@ -231,13 +239,16 @@ async def cmd_watch_job(conn: Connection, args: argparse.Namespace) -> int:
         job_id = started.job_id
     call = conn.updates.WatchJobProgress(updates_pb2.JobRequest(job_id=job_id), timeout=conn.stream_timeout)
     last: Optional[updates_pb2.JobProgress] = None
+    # A terminal gets one bar redrawn in place; a log file gets a line per update.
+    redraw = sys.stderr.isatty()
     try:
         async for progress in call:
             print_message(progress)
-            print(progress_bar(progress), end="", file=sys.stderr, flush=True)
+            bar = progress_bar(progress)
+            print(f"\r{bar}" if redraw else bar, end="" if redraw else "\n", file=sys.stderr, flush=True)
             last = progress
     finally:
-        if last is not None:
+        if redraw and last is not None:
             print(file=sys.stderr, flush=True)
     if last is not None and last.status == updates_pb2.JOB_STATUS_COMPLETED:
         return 0
