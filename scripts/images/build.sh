@@ -83,11 +83,11 @@ build_base() {
 # stage_go DIR: the Go image's build context (Dockerfile, static binaries, rootfs).
 stage_go() {
   local ctx=$1
-  mkdir -p "$ctx/rootfs/data" "$ctx/rootfs/tmp"
-  chmod 0755 "$ctx/rootfs/data"; chmod 1777 "$ctx/rootfs/tmp"
+  mkdir -p "$ctx/data" "$ctx/rootfs/tmp"
+  chmod 0755 "$ctx/data"; chmod 1777 "$ctx/rootfs/tmp"
   cp conformance/images/go/Dockerfile "$ctx/Dockerfile"
-  CGO_ENABLED=0 "$GO" build -trimpath -ldflags='-s -w' -o "$ctx/rootfs/polystream" ./go/cmd/polystream
-  CGO_ENABLED=0 "$GO" build -trimpath -ldflags='-s -w' -o "$ctx/rootfs/polystream-driver" ./go/cmd/polystream-driver
+  CGO_ENABLED=0 "$GO" build -trimpath -buildvcs=false -ldflags='-s -w' -o "$ctx/rootfs/polystream" ./go/cmd/polystream
+  CGO_ENABLED=0 "$GO" build -trimpath -buildvcs=false -ldflags='-s -w' -o "$ctx/rootfs/polystream-driver" ./go/cmd/polystream-driver
 }
 
 build_go() {

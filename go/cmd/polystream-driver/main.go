@@ -37,7 +37,8 @@ func main() {
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() { <-sig; srv.Stop() }()
 
-	fmt.Printf("polystream driver listening on %s\n", lis.Addr())
+	fmt.Printf("polystream driver listening on %s\n",
+		net.JoinHostPort(*host, strconv.Itoa(lis.Addr().(*net.TCPAddr).Port)))
 	if err := srv.Serve(lis); err != nil {
 		fmt.Fprintln(os.Stderr, "polystream-driver:", err)
 		os.Exit(1)
