@@ -63,12 +63,35 @@ func DefaultConfig() Config {
 var ErrHelp = flag.ErrHelp
 
 // ParseFlags builds a Config from args, then POLYSTREAM_* variables read
-// through getenv, then defaults: a flag beats its variable. Usage and
-// flag errors are written to output.
-func ParseFlags(args []string, getenv func(string) string, output io.Writer) (Config, error) {
+// through getenv, then defaults: a flag beats its variable. With -h it
+// returns ErrHelp (print Usage then).
+func ParseFlags(args []string, getenv func(string) string) (Config, error) {
 	cfg := DefaultConfig()
+	fs := newFlagSet(&cfg)
+	fs.SetOutput(io.Discard) // the caller reports errors its own way
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if err := applyEnv(fs, getenv); err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// Usage writes the flags of `polystream serve` with their defaults.
+func Usage(w io.Writer) {
+	cfg := DefaultConfig()
+	fs := newFlagSet(&cfg)
+	fs.SetOutput(w)
+	fmt.Fprintln(w, "usage: polystream serve [flags]; each flag has a POLYSTREAM_* variable (--data-dir: POLYSTREAM_DATA_DIR)")
+	fs.PrintDefaults()
+}
+
+func newFlagSet(cfg *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("polystream serve", flag.ContinueOnError)
-	fs.SetOutput(output)
 	fs.StringVar(&cfg.Host, "host", cfg.Host, "address to listen on")
 	fs.IntVar(&cfg.Port, "port", cfg.Port, "port to listen on; 0 = a free port")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, `directory for the durable event log; "" = in memory`)
@@ -85,16 +108,7 @@ func ParseFlags(args []string, getenv func(string) string, output io.Writer) (Co
 	fs.DurationVar(&cfg.ChatKeepAlive, "chat-keepalive", cfg.ChatKeepAlive, "interval of keep-alive messages in Chat")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "minimum log level: "+strings.Join(LogLevels, ", "))
 	fs.StringVar(&cfg.Fault, "fault", cfg.Fault, "reserved for the conformance self-test")
-	if err := fs.Parse(args); err != nil {
-		return cfg, err
-	}
-	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if err := applyEnv(fs, getenv); err != nil {
-		return cfg, err
-	}
-	return cfg, cfg.Validate()
+	return fs
 }
 
 // applyEnv sets each flag that was not given on the command line from its

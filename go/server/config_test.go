@@ -1,7 +1,6 @@
 package server
 
 import (
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +11,7 @@ func env(vars map[string]string) func(string) string {
 }
 
 func TestParseFlagsDefaults(t *testing.T) {
-	cfg, err := ParseFlags(nil, env(nil), io.Discard)
+	cfg, err := ParseFlags(nil, env(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +35,7 @@ func TestParseFlagsFlagBeatsEnv(t *testing.T) {
 		"POLYSTREAM_DATA_DIR":         "/tmp/x",
 		"POLYSTREAM_MAX_MESSAGE_SIZE": "1024",
 	}
-	cfg, err := ParseFlags([]string{"--port", "0", "--queue-size=3", "-shutdown-grace", "1s"}, env(vars), io.Discard)
+	cfg, err := ParseFlags([]string{"--port", "0", "--queue-size=3", "-shutdown-grace", "1s"}, env(vars))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,10 +66,21 @@ func TestParseFlagsRejectsBadInput(t *testing.T) {
 		{nil, map[string]string{"POLYSTREAM_PORT": "abc"}, `POLYSTREAM_PORT: invalid value "abc": parse error`},
 		{nil, map[string]string{"POLYSTREAM_KEEPALIVE_TIME": "ten"}, `POLYSTREAM_KEEPALIVE_TIME: invalid value "ten"`},
 	} {
-		_, err := ParseFlags(tc.args, env(tc.vars), io.Discard)
+		_, err := ParseFlags(tc.args, env(tc.vars))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ParseFlags(%q, %v) = %v, want an error containing %q", tc.args, tc.vars, err, tc.want)
 		}
+	}
+}
+
+func TestHelpAndUsage(t *testing.T) {
+	if _, err := ParseFlags([]string{"-h"}, env(nil)); err != ErrHelp {
+		t.Fatalf("-h: %v, want ErrHelp", err)
+	}
+	var usage strings.Builder
+	Usage(&usage)
+	if !strings.Contains(usage.String(), "-keepalive-min-time") {
+		t.Fatalf("usage lacks a flag:\n%s", usage.String())
 	}
 }
 
