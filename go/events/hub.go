@@ -37,7 +37,6 @@ type replayGap struct {
 // first. With resume, lastID is where the client stopped; an id the log
 // does not hold yields a gap and a replay from the oldest retained record.
 func (h *hub) subscribe(sub *subscriber, resume bool, lastID string) ([]*record, *replayGap) {
-	h.clients.open(sub)
 	h.mu.Lock()
 	var window []*record
 	var gap *replayGap
@@ -52,6 +51,8 @@ func (h *hub) subscribe(sub *subscriber, resume bool, lastID string) ([]*record,
 			window = h.log.after(0)
 		}
 	}
+	// Counted as an active stream at the moment it can receive events.
+	h.clients.open(sub)
 	h.subs = append(slices.Clip(h.subs), sub)
 	h.mu.Unlock()
 

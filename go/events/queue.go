@@ -1,12 +1,14 @@
 package events
 
 // entry is one item of a subscriber's queue: a log event, a drop marker
-// standing where dropped events would have been, or the acknowledgement of
-// a subscription update, ordered among the events. Exactly one is set.
+// standing where dropped events would have been, the acknowledgement of a
+// subscription update, or the end of a SubscribeMultiple stream whose
+// client half-closed, in the order they happened. Exactly one is set.
 type entry struct {
 	rec    *record
 	drop   *dropMarker
 	update *subscriptionUpdate
+	end    bool
 }
 
 // subscriptionUpdate is a polystream.subscription_updated event to send;

@@ -56,7 +56,13 @@ func (s *Service) serve(stream eventStream, req *eventsv1.SubscribeRequest, recv
 	done := make(chan error, 2)
 	go func() { done <- d.run(ctx, replay, gap) }()
 	if recv != nil {
-		go func() { done <- receiveUpdates(ctx, sub, d.acks, recv) }()
+		go func() {
+			// After a half-close the sender ends the stream (nil) once it
+			// has delivered what was queued before it.
+			if err := receiveUpdates(ctx, sub, d.acks, recv); err != nil {
+				done <- err
+			}
+		}()
 	}
 
 	select {
@@ -71,7 +77,8 @@ func (s *Service) serve(stream eventStream, req *eventsv1.SubscribeRequest, recv
 	}
 }
 
-// receiveUpdates applies SubscribeMultiple's later requests. At most one
+// receiveUpdates applies SubscribeMultiple's later requests until the
+// client half-closes (nil) or sends a bad one (its status). At most one
 // acknowledgement waits in the queue (acks is a one-slot semaphore the
 // sender frees), so a client that sends updates without reading cannot
 // grow server memory; it is held back by flow control instead.
@@ -79,7 +86,8 @@ func receiveUpdates(ctx context.Context, sub *subscriber, acks chan struct{}, re
 	for {
 		req, err := recv()
 		if err == io.EOF {
-			return nil // half-close ends the stream (docs/contract.md)
+			sub.finish() // half-close ends the stream (docs/contract.md)
+			return nil
 		}
 		if err != nil {
 			return err
@@ -132,6 +140,9 @@ func (d *delivery) run(ctx context.Context, replay []*record, gap *replayGap) er
 			e, ok := d.sub.next()
 			if !ok {
 				break
+			}
+			if e.end {
+				return nil
 			}
 			if err := d.sendEntry(e); err != nil {
 				return err

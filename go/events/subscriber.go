@@ -25,6 +25,7 @@ type subscriber struct {
 	channel string
 	q       *queue
 	err     error
+	closing bool // the client half-closed: queue nothing more
 }
 
 func newSubscriber(clientID string, f filter, channel string, queueSize int) *subscriber {
@@ -54,7 +55,7 @@ const (
 func (s *subscriber) offer(r *record, p Policy) offerResult {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil || !r.forChannel(s.channel) || !s.filter.match(r.typeSegs) {
+	if s.err != nil || s.closing || !r.forChannel(s.channel) || !s.filter.match(r.typeSegs) {
 		return skipped
 	}
 	if !s.q.full() {
@@ -119,6 +120,16 @@ func (s *subscriber) update(f filter, channel string, patterns []string) {
 	defer s.mu.Unlock()
 	s.filter, s.channel = f, channel
 	s.q.push(entry{update: &subscriptionUpdate{channel: channel, eventTypes: patterns}})
+	notify(s.ready)
+}
+
+// finish queues the end of the stream: what was queued before is still
+// delivered, nothing after.
+func (s *subscriber) finish() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing = true
+	s.q.push(entry{end: true})
 	notify(s.ready)
 }
 
