@@ -163,7 +163,9 @@ func withData(data string) func(*eventsv1.BroadcastRequest) {
 
 // recvLog receives until n log events (sequence > 0) arrived and returns
 // them; control events are returned separately.
-func recvLog(t *testing.T, stream interface{ Recv() (*eventsv1.Event, error) }, n int) (logEvents, control []*eventsv1.Event) {
+func recvLog(t *testing.T, stream interface {
+	Recv() (*eventsv1.Event, error)
+}, n int) (logEvents, control []*eventsv1.Event) {
 	t.Helper()
 	for len(logEvents) < n {
 		ev, err := stream.Recv()
@@ -180,7 +182,9 @@ func recvLog(t *testing.T, stream interface{ Recv() (*eventsv1.Event, error) }, 
 }
 
 // recvSkippingHeartbeats returns the next event that is not a heartbeat.
-func recvSkippingHeartbeats(t *testing.T, stream interface{ Recv() (*eventsv1.Event, error) }) *eventsv1.Event {
+func recvSkippingHeartbeats(t *testing.T, stream interface {
+	Recv() (*eventsv1.Event, error)
+}) *eventsv1.Event {
 	t.Helper()
 	for {
 		ev, err := stream.Recv()
