@@ -161,11 +161,12 @@ func withData(data string) func(*eventsv1.BroadcastRequest) {
 	return func(r *eventsv1.BroadcastRequest) { r.Event.Data = data }
 }
 
+// eventReceiver is any stream of events (Subscribe or SubscribeMultiple).
+type eventReceiver interface{ Recv() (*eventsv1.Event, error) }
+
 // recvLog receives until n log events (sequence > 0) arrived and returns
 // them; control events are returned separately.
-func recvLog(t *testing.T, stream interface {
-	Recv() (*eventsv1.Event, error)
-}, n int) (logEvents, control []*eventsv1.Event) {
+func recvLog(t *testing.T, stream eventReceiver, n int) (logEvents, control []*eventsv1.Event) {
 	t.Helper()
 	for len(logEvents) < n {
 		ev, err := stream.Recv()
@@ -182,9 +183,7 @@ func recvLog(t *testing.T, stream interface {
 }
 
 // recvSkippingHeartbeats returns the next event that is not a heartbeat.
-func recvSkippingHeartbeats(t *testing.T, stream interface {
-	Recv() (*eventsv1.Event, error)
-}) *eventsv1.Event {
+func recvSkippingHeartbeats(t *testing.T, stream eventReceiver) *eventsv1.Event {
 	t.Helper()
 	for {
 		ev, err := stream.Recv()

@@ -34,9 +34,7 @@ func TestBroadcastDeliversToSubscribers(t *testing.T) {
 	if res.Sequence != 1 || res.Recipients != 2 || !uuidV4.MatchString(res.EventId) {
 		t.Fatalf("response %v", res)
 	}
-	for _, s := range []interface {
-		Recv() (*eventsv1.Event, error)
-	}{a, b} {
+	for _, s := range []eventReceiver{a, b} {
 		ev := recvSkippingHeartbeats(t, s)
 		if ev.Id != res.EventId || ev.Sequence != 1 || ev.Type != "user.created" || ev.Data != `{"x":1}` ||
 			ev.Channel != "default" || ev.Metadata["k"] != "v" || !proto.Equal(ev.Payload, payload) {
@@ -83,9 +81,7 @@ func TestTargetChannels(t *testing.T) {
 	if r := ts.publish("everyone"); r.Recipients != 3 {
 		t.Fatalf("recipients %d, want 3", r.Recipients)
 	}
-	check := func(s interface {
-		Recv() (*eventsv1.Event, error)
-	}, channel string, types ...string) {
+	check := func(s eventReceiver, channel string, types ...string) {
 		t.Helper()
 		got, _ := recvLog(t, s, len(types))
 		for i, ev := range got {
