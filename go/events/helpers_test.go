@@ -162,7 +162,9 @@ func withData(data string) func(*eventsv1.BroadcastRequest) {
 }
 
 // eventReceiver is any stream of events (Subscribe or SubscribeMultiple).
-type eventReceiver interface{ Recv() (*eventsv1.Event, error) }
+type eventReceiver interface {
+	Recv() (*eventsv1.Event, error)
+}
 
 // recvLog receives until n log events (sequence > 0) arrived and returns
 // them; control events are returned separately.
