@@ -11,15 +11,16 @@ type Backoff struct {
 	Base       time.Duration // delay before the first retry
 	Max        time.Duration // no delay is longer
 	Multiplier float64       // growth per attempt, >= 1
-	// Jitter is the fraction (0..1) by which a delay is randomly shortened,
-	// so clients cut off together do not return together.
+	// Jitter is the fraction (0..1) by which a delay is randomly scaled up
+	// or down, so clients cut off together do not return together.
 	Jitter float64
 	// MaxRetries is how many retries in a row are allowed; -1 = forever.
 	MaxRetries int
 }
 
-// DefaultBackoff retries forever: 250 ms, doubling, up to 10 s, 20 % jitter.
-var DefaultBackoff = Backoff{Base: 250 * time.Millisecond, Max: 10 * time.Second, Multiplier: 2, Jitter: 0.2, MaxRetries: -1}
+// DefaultBackoff retries forever: 500 ms, doubling, up to 30 s, 20 %
+// jitter (the Python client's defaults).
+var DefaultBackoff = Backoff{Base: 500 * time.Millisecond, Max: 30 * time.Second, Multiplier: 2, Jitter: 0.2, MaxRetries: -1}
 
 // Ceiling is the delay before retry number attempt (1-based) without
 // jitter: Base * Multiplier^(attempt-1), at most Max.
@@ -38,12 +39,12 @@ func (b Backoff) Ceiling(attempt int) time.Duration {
 	return time.Duration(d)
 }
 
-// Delay is Ceiling(attempt) shortened by a random part of up to Jitter, so
-// it lies in [(1-Jitter)*Ceiling, Ceiling].
+// Delay is Ceiling(attempt) scaled by a random factor in
+// [1-Jitter, 1+Jitter], as in the Python client.
 func (b Backoff) Delay(attempt int) time.Duration {
-	ceiling := b.Ceiling(attempt)
 	jitter := math.Min(math.Max(b.Jitter, 0), 1)
-	return ceiling - time.Duration(jitter*rand.Float64()*float64(ceiling))
+	factor := 1 - jitter + 2*jitter*rand.Float64()
+	return time.Duration(factor * float64(b.Ceiling(attempt)))
 }
 
 // Allows tells whether retry number attempt (1-based) may happen.

@@ -153,6 +153,12 @@ func (s *Subscriber) run(ctx context.Context, onEvent func(*eventsv1.Event)) err
 func (s *Subscriber) session(ctx context.Context, attempt int, onEvent func(*eventsv1.Event)) (received bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	// The watchdog covers a connection attempt that hangs too, and only
+	// runs while waiting for the server, so a slow callback is not
+	// mistaken for a silent stream.
+	silence := 2 * s.heartbeat()
+	watchdog := time.AfterFunc(silence, func() { cancel(ErrStalled) })
+	defer watchdog.Stop()
 	stream, err := s.events.Subscribe(ctx, &eventsv1.SubscribeRequest{
 		ClientId:          s.cfg.ClientID,
 		EventTypes:        s.cfg.EventTypes,
@@ -161,16 +167,14 @@ func (s *Subscriber) session(ctx context.Context, attempt int, onEvent func(*eve
 		HeartbeatInterval: s.cfg.HeartbeatInterval,
 	})
 	if err != nil {
+		if errors.Is(context.Cause(ctx), ErrStalled) {
+			return false, ErrStalled
+		}
 		return false, err
 	}
 	if s.cfg.OnConnect != nil {
 		s.cfg.OnConnect(attempt)
 	}
-	// The watchdog only runs while waiting for the server, so a slow
-	// callback is not mistaken for a silent stream.
-	silence := 2 * s.heartbeat()
-	watchdog := time.AfterFunc(silence, func() { cancel(ErrStalled) })
-	defer watchdog.Stop()
 	for {
 		ev, err := stream.Recv()
 		watchdog.Stop()

@@ -6,6 +6,8 @@ import (
 	"os"
 	"time"
 
+	"google.golang.org/grpc/status"
+
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
 
 	"github.com/polystream/polystream/go/client"
@@ -77,7 +79,8 @@ func runSubscribe(ctx context.Context, args []string) error {
 			return nil
 		}
 	}
-	return ctx.Err()
+	// --timeout bounds the whole subscription, reconnections included.
+	return status.FromContextError(ctx.Err()).Err()
 }
 
 // reportControlEvent tells a person about gaps and drops on stderr;

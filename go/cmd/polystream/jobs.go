@@ -72,16 +72,22 @@ func runWatchJob(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	// A terminal gets one bar redrawn in place; a log file a line per update.
+	redraw := isTerminal(os.Stderr)
 	var last *updatesv1.JobProgress
 	err = printStream(func() (*updatesv1.JobProgress, error) {
 		p, err := progress.Recv()
 		if err == nil {
-			fmt.Fprint(os.Stderr, progressBar(p))
+			if redraw {
+				fmt.Fprint(os.Stderr, "\r"+progressBar(p))
+			} else {
+				fmt.Fprintln(os.Stderr, progressBar(p))
+			}
 			last = p
 		}
 		return p, err
 	}, 0, nil)
-	if last != nil {
+	if redraw && last != nil {
 		fmt.Fprintln(os.Stderr)
 	}
 	switch {
@@ -95,12 +101,16 @@ func runWatchJob(ctx context.Context, args []string) error {
 	return nil
 }
 
-// progressBar draws `[#####-----]  50.0% RUNNING step 5/10`, returning to
-// the start of the line so each update overwrites the last.
+// progressBar draws `[#####-----]  50.0% RUNNING step 5/10`.
 func progressBar(p *updatesv1.JobProgress) string {
 	const width = 30
 	pct := min(max(p.GetPercentage(), 0), 100)
 	filled := int(width * pct / 100)
 	state := strings.TrimPrefix(p.GetStatus().String(), "JOB_STATUS_")
-	return fmt.Sprintf("\r[%s%s] %5.1f%% %s %s", strings.Repeat("#", filled), strings.Repeat("-", width-filled), pct, state, p.GetCurrentStep())
+	return fmt.Sprintf("[%s%s] %5.1f%% %s %s", strings.Repeat("#", filled), strings.Repeat("-", width-filled), pct, state, p.GetCurrentStep())
+}
+
+func isTerminal(f *os.File) bool {
+	info, err := f.Stat()
+	return err == nil && info.Mode()&os.ModeCharDevice != 0
 }
