@@ -76,6 +76,7 @@ var Registry = map[string]Func{
 	"received":        ReceivedCount,
 	"publish_blocked": PublishBlocked,
 	"query_batches":   QueryBatches,
+	"disconnect":      Disconnect,
 	"job_progress":    JobProgress,
 }
 
@@ -207,11 +208,18 @@ func compareSeqs(want, got []uint64) (bool, string) {
 func Sequence(_ context.Context, in *Input, p config.Params) Result {
 	var want []uint64
 	if len(in.Published) > 0 {
-		for _, e := range in.Published {
+		from := 0
+		if p.From > 0 {
+			from = p.From - 1
+		}
+		if from > len(in.Published) {
+			from = len(in.Published)
+		}
+		for _, e := range in.Published[from:] {
 			want = append(want, e.Sequence)
 		}
 		if p.Count != nil && *p.Count != len(want) {
-			return fail(fmt.Sprintf("%d events published", *p.Count), fmt.Sprintf("the harness published %d", len(want)))
+			return fail(fmt.Sprintf("%d events due", *p.Count), fmt.Sprintf("the harness published %d due", len(want)))
 		}
 	} else if p.Count != nil {
 		for i := 1; i <= *p.Count; i++ {
@@ -366,7 +374,7 @@ func Backoff(_ context.Context, in *Input, p config.Params) Result {
 	if tol == 0 {
 		tol = 50 * time.Millisecond
 	}
-	exp := fmt.Sprintf("retry k waits base %dms × %.1f^k (cap %dms), jitter ±%.0f%%; at least 1 retry", p.BaseMS, mult, p.MaxMS, p.Jitter*100)
+	exp := fmt.Sprintf("retry k waits base %dms × %.1f^k, jitter ±%.0f%%, never above max %dms; at least 1 retry", p.BaseMS, mult, p.Jitter*100, p.MaxMS)
 	return each(in, exp, func(_ int, o *driver.Observations) (bool, string) {
 		k := 0
 		retries := 0
@@ -383,7 +391,7 @@ func Backoff(_ context.Context, in *Input, p config.Params) Result {
 			retries++
 			ideal := float64(p.BaseMS) * math.Pow(mult, float64(k))
 			lo := math.Min(ideal, float64(p.MaxMS)) * (1 - p.Jitter)
-			hi := math.Min(ideal, float64(p.MaxMS)) * (1 + p.Jitter)
+			hi := math.Min(ideal*(1+p.Jitter), float64(p.MaxMS))
 			delays = append(delays, fmt.Sprintf("%dms", d.GetDelayMs()))
 			if float64(d.GetDelayMs()) < lo-1 || float64(d.GetDelayMs()) > hi+1 {
 				return false, fmt.Sprintf("retry %d announced delay %dms, outside %.0f..%.0fms (delays %s)", k+1, d.GetDelayMs(), lo, hi, strings.Join(delays, ","))
@@ -819,5 +827,39 @@ func JobProgress(_ context.Context, in *Input, p config.Params) Result {
 		}
 		s := fmt.Sprintf("%d updates, last %s at %v%%", len(o.Received), status, last)
 		return status == p.Type, s
+	})
+}
+
+// Disconnect: the client's first reported disconnection had this code (and
+// message, exact or containing), e.g. UNAVAILABLE "server is shutting down".
+func Disconnect(_ context.Context, in *Input, p config.Params) Result {
+	codes := p.Codes
+	if p.Code != "" {
+		codes = append(codes, p.Code)
+	}
+	exp := "first disconnection " + strings.Join(codes, "|")
+	if p.Message != nil {
+		exp += fmt.Sprintf(" %q", *p.Message)
+	}
+	if p.MessageContains != "" {
+		exp += fmt.Sprintf(" containing %q", p.MessageContains)
+	}
+	return each(in, exp, func(_ int, o *driver.Observations) (bool, string) {
+		if len(o.Disconnected) == 0 {
+			return false, "no disconnection reported"
+		}
+		d := o.Disconnected[0]
+		seen := fmt.Sprintf("%s %q (will_retry %v)", d.GetCode(), d.GetMessage(), d.GetWillRetry())
+		ok := len(codes) == 0
+		for _, c := range codes {
+			ok = ok || c == d.GetCode()
+		}
+		if p.Message != nil && d.GetMessage() != *p.Message {
+			ok = false
+		}
+		if p.MessageContains != "" && !strings.Contains(d.GetMessage(), p.MessageContains) {
+			ok = false
+		}
+		return ok, seen
 	})
 }

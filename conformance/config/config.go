@@ -110,6 +110,10 @@ type Step struct {
 	// WaitDisconnected waits until every session reported this many disconnects.
 	WaitDisconnected int      `yaml:"wait_disconnected"`
 	WaitFinished     bool     `yaml:"wait_finished"`
+	// Start starts the client sessions here (default: before the first
+	// step). The run may then use $PUBLISHED_ID_<n>, the id of the n-th event
+	// published so far (1-based).
+	Start bool `yaml:"start"`
 	Publish          *Publish `yaml:"publish"`
 	Fault            *Fault   `yaml:"fault"`
 	Sleep            Duration `yaml:"sleep"`
@@ -131,6 +135,9 @@ type Publish struct {
 	Async bool `yaml:"async"`
 	// Metadata on every event.
 	Metadata map[string]string `yaml:"metadata"`
+	// Excluded events are not meant for the subscribers (another channel, a
+	// filtered-out type): they are not in the expected sequence.
+	Excluded bool `yaml:"excluded"`
 }
 
 // Fault is injected into the server container.
@@ -205,6 +212,8 @@ type Params struct {
 	MaxMB           float64           `yaml:"max_mb"`
 	Headers         map[string]string `yaml:"headers"`
 	Trailers        map[string]string `yaml:"trailers"`
+	// From is the first published event (1-based) a session must receive.
+	From int `yaml:"from"`
 }
 
 // KnownFailing is one entry of known_failing.yaml.
@@ -339,6 +348,17 @@ func Load(dir string) (*Suite, error) {
 		return nil, fmt.Errorf("no cases under %s", filepath.Join(dir, "cases"))
 	}
 	return s, nil
+}
+
+// StartStep is the index of the step that starts the sessions (0 = before
+// the first step).
+func (c *Case) StartStep() int {
+	for i, st := range c.Steps {
+		if st.Start {
+			return i
+		}
+	}
+	return 0
 }
 
 // HasFault reports whether a step injects a fault (the case then needs its

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -355,29 +356,48 @@ func (m *matrix) runCase(ctx context.Context, cr caseRun, cl, sv *config.Impleme
 		time.Sleep(300 * time.Millisecond) // let the load ramp up first
 	}
 
-	// Sessions.
+	x.vars = map[string]string{"$CHANNEL": "ch-" + base, "$ROOM": "room-" + base, "$USER": "user-" + base, "$CASE": c.ID}
 	for i := 0; i < c.Subscribers; i++ {
 		id := base
 		if c.Subscribers > 1 {
 			id = fmt.Sprintf("%s-%d", base, i+1)
 		}
 		x.ids = append(x.ids, id)
-		req, err := buildRequest(c.Run, map[string]string{
-			"$CLIENT": id, "$CHANNEL": "ch-" + base, "$ROOM": "room-" + base, "$USER": "user-" + base, "$CASE": c.ID,
-		})
-		if err != nil {
-			o.Status, o.Error = Error, fmt.Sprintf("case %s: run: %v", c.ID, err)
+	}
+	x.startSessions = func() error {
+		for _, id := range x.ids {
+			vars := map[string]string{"$CLIENT": id}
+			for k, v := range x.vars {
+				vars[k] = v
+			}
+			x.mu.Lock()
+			for j := len(x.published) - 1; j >= 0; j-- { // longest names first
+				vars[fmt.Sprintf("$PUBLISHED_ID_%d", j+1)] = x.published[j].ID
+			}
+			x.mu.Unlock()
+			req, err := buildRequest(c.Run, vars)
+			if err != nil {
+				return fmt.Errorf("case %s: run: %v", c.ID, err)
+			}
+			req.Target = srv.c.Target()
+			x.sessions = append(x.sessions, driver.Start(ctx, d.conn, req))
+		}
+		return nil
+	}
+	if c.StartStep() == 0 {
+		if err := x.startSessions(); err != nil {
+			o.Status, o.Error = Error, err.Error()
 			return o
 		}
-		req.Target = srv.c.Target()
-		x.sessions = append(x.sessions, driver.Start(ctx, d.conn, req))
 	}
-	x.vars = map[string]string{"$CHANNEL": "ch-" + base, "$ROOM": "room-" + base, "$USER": "user-" + base}
 
 	stepResults := x.steps(ctx)
 	// Every session must end by itself within the case's timeout.
 	var results []checks.Result
 	results = append(results, stepResults...)
+	if len(x.sessions) == 0 {
+		results = append(results, checks.Result{Kind: "start", Expected: "the client sessions started", Seen: "no session was started"})
+	}
 	for i, s := range x.sessions {
 		select {
 		case <-s.Done():
@@ -430,8 +450,13 @@ func buildRequest(run map[string]any, vars map[string]string) (*pb.RunRequest, e
 		return nil, err
 	}
 	s := string(b)
-	for k, v := range vars {
-		s = strings.ReplaceAll(s, k, v)
+	keys := make([]string, 0, len(vars))
+	for k := range vars {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return len(keys[i]) > len(keys[j]) })
+	for _, k := range keys {
+		s = strings.ReplaceAll(s, k, vars[k])
 	}
 	req := &pb.RunRequest{}
 	if err := protojson.Unmarshal([]byte(s), req); err != nil {

@@ -23,6 +23,8 @@ type execution struct {
 	ids      []string
 	vars     map[string]string
 	sessions []*driver.Session
+	// startSessions starts the Run calls (at the case's start step).
+	startSessions func() error
 
 	mu        sync.Mutex
 	wg        sync.WaitGroup
@@ -52,6 +54,14 @@ func (x *execution) sub(s string) string {
 // is reported as a failed result (what the step waited for, what it saw).
 func (x *execution) steps(ctx context.Context) []checks.Result {
 	for i, st := range x.c.Steps {
+		if st.Start {
+			if len(x.sessions) == 0 {
+				if err := x.startSessions(); err != nil {
+					return []checks.Result{{Kind: "start", Expected: "the sessions start", Seen: err.Error()}}
+				}
+			}
+			continue
+		}
 		r := x.step(ctx, st)
 		if r != nil {
 			r.Kind = fmt.Sprintf("step %d (%s)", i+1, r.Kind)
@@ -114,7 +124,9 @@ func (x *execution) step(ctx context.Context, st config.Step) *checks.Result {
 			x.mu.Lock()
 			defer x.mu.Unlock()
 			x.spans = append(x.spans, time.Since(t))
-			x.published = mergeSorted(x.published, pubs)
+			if !p.Excluded {
+				x.published = mergeSorted(x.published, pubs)
+			}
 			return err
 		}
 		if p.Async {

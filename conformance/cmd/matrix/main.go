@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -16,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	tclog "github.com/testcontainers/testcontainers-go/log"
 
 	"github.com/polystream/polystream/conformance/config"
 	"github.com/polystream/polystream/conformance/docker"
@@ -58,6 +61,10 @@ func main() {
 		return
 	}
 
+	verbose := os.Getenv("CONFORMANCE_VERBOSE") != ""
+	if !verbose {
+		tclog.SetDefault(quiet{})
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()
@@ -77,11 +84,12 @@ func main() {
 		Filter: filter, Clients: split(*clients), Servers: split(*servers),
 		ResultsDir: *results, Protoset: *protoset, Log: logf,
 	})
+	budgetUsed := errors.Is(rctx.Err(), context.DeadlineExceeded)
 	cancelBudget()
 	if cerr := env.Close(context.Background()); cerr != nil {
 		logf("cleanup: %v", cerr)
 	}
-	if rctx.Err() != nil && ctx.Err() == nil {
+	if budgetUsed && ctx.Err() == nil {
 		logf("time budget of %v used up: cases not run are missing from the report", *budget)
 		outs = append(outs, runner.Outcome{CaseID: "harness/time-budget", Client: "-", Server: "-", Status: runner.Error,
 			Error: fmt.Sprintf("the run exceeded its budget of %v", *budget)})
@@ -115,3 +123,8 @@ func firstSentence(s string) string {
 	}
 	return s
 }
+
+// quiet drops testcontainers' own progress lines (CONFORMANCE_VERBOSE=1 keeps them).
+type quiet struct{}
+
+func (quiet) Printf(string, ...any) {}

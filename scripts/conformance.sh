@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# `make conformance`: every client image against every server image.
+#   1. tools: Docker engine reachable, Go, protoset present
+#   2. images: scripts/images/build.sh (local only, no registry)
+#   3. the matrix: go run ./conformance/cmd/matrix (testcontainers-go, no reaper)
+#   4. reports in conformance/results/ (junit.xml, matrix.md, matrix.html, ghz/)
+# Exits non-zero when a check failed or a known-failing one passed.
+#
+# Environment:
+#   CONFORMANCE_RUN=REGEXP      only the matching case ids (e.g. 'ordering/')
+#   CONFORMANCE_CLIENTS=go,...  only these client implementations
+#   CONFORMANCE_SERVERS=go,...  only these server implementations
+#   CONFORMANCE_SKIP_BUILD=1    use the images as they are
+#   CONFORMANCE_BUDGET=14m      stop starting cases after this long
+#   CONFORMANCE_VERBOSE=1       testcontainers' own log lines too
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+start=$SECONDS
+log() { printf 'conformance: %s\n' "$*" >&2; }
+
+export PATH="/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo /root/go)/bin:$PATH"
+command -v go >/dev/null || { log "Go is needed (https://go.dev/dl, or /usr/local/go)"; exit 2; }
+
+if ! command -v docker >/dev/null; then
+  log "installing the Docker engine from Debian's packages"
+  apt_updated=""
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq docker.io >/dev/null
+fi
+if ! docker info >/dev/null 2>&1; then
+  log "the Docker engine is not reachable (is dockerd running? DOCKER_HOST?)"
+  exit 2
+fi
+
+# The reaper container (Ryuk) would need a registry pull: off, and the harness
+# removes its containers and network itself (also on Ctrl-C).
+export TESTCONTAINERS_RYUK_DISABLED=true
+
+if [ "${CONFORMANCE_SKIP_BUILD:-0}" != 1 ]; then
+  if [ -x scripts/images/build.sh ] || [ -f scripts/images/build.sh ]; then
+    log "building the images (scripts/images/build.sh)"
+    bash scripts/images/build.sh all
+  else
+    log "scripts/images/build.sh is missing: using the images as they are"
+  fi
+fi
+log "images ready after $((SECONDS - start))s"
+
+# Leftovers of a run that was killed hard (SIGKILL) carry our label.
+stale=$(docker ps -aq --filter label=polystream.conformance || true)
+[ -z "$stale" ] || docker rm -f $stale >/dev/null 2>&1 || true
+stale_nets=$(docker network ls -q --filter label=polystream.conformance || true)
+[ -z "$stale_nets" ] || docker network rm $stale_nets >/dev/null 2>&1 || true
+
+rm -rf conformance/results
+mkdir -p conformance/results
+args=(-dir conformance -results conformance/results -protoset proto/polystream.protoset -budget "${CONFORMANCE_BUDGET:-13m}")
+[ -z "${CONFORMANCE_RUN:-}" ] || args+=(-run "$CONFORMANCE_RUN")
+[ -z "${CONFORMANCE_CLIENTS:-}" ] || args+=(-clients "$CONFORMANCE_CLIENTS")
+[ -z "${CONFORMANCE_SERVERS:-}" ] || args+=(-servers "$CONFORMANCE_SERVERS")
+
+go build -o conformance/results/matrix ./conformance/cmd/matrix
+set +e
+conformance/results/matrix "${args[@]}" 2>&1 | tee conformance/results/run.log
+rc=${PIPESTATUS[0]}
+set -e
+rm -f conformance/results/matrix
+log "wall time $((SECONDS - start))s; reports in conformance/results/"
+# The closing line stays the last line of the output.
+tail -n 1 conformance/results/run.log
+exit "$rc"
