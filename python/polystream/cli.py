@@ -51,6 +51,10 @@ class CommandFailed(Exception):
     """A non-gRPC failure to report as `polystream: message` with exit 1."""
 
 
+class UsageError(Exception):
+    """A bad flag or argument: `polystream: message`, exit 2."""
+
+
 # ---------------------------------------------------------------- output
 
 
@@ -61,6 +65,24 @@ def print_message(message: Message) -> None:
 
 def report_error(text: str) -> None:
     print(f"polystream: {text}", file=sys.stderr, flush=True)
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return str(error)
+
+
+def report_control_event(event: events_pb2.Event) -> None:
+    """Gaps and drops are news for a person on stderr; heartbeats are routine."""
+    if event.type != "heartbeat":
+        metadata = " ".join(f"{k}:{v}" for k, v in sorted(event.metadata.items()))
+        report_error(f"{event.type} map[{metadata}]")
+
+
+def report_reconnect(error: BaseException, attempt: int, delay: Optional[float]) -> None:
+    if delay is not None:
+        report_error(f"reconnecting in {delay:.3f}s (attempt {attempt}): {describe(error)}")
 
 
 def progress_bar(progress: updates_pb2.JobProgress, width: int = 30) -> str:
@@ -161,13 +183,22 @@ async def cmd_subscribe(conn: Connection, args: argparse.Namespace) -> int:
         )
         await print_stream(call, args.count, counts=lambda event: not is_control_event(event))
         return 0
-    subscriber = ResilientSubscriber(conn.channel, heartbeat_interval=args.heartbeat, **request)
+    subscriber = ResilientSubscriber(
+        conn.channel,
+        heartbeat_interval=args.heartbeat,
+        include_control_events=True,
+        on_disconnect=report_reconnect,
+        **request,
+    )
 
     async def print_events() -> None:
         seen = 0
         events = subscriber.events()
         try:
             async for event in events:
+                if is_control_event(event):
+                    report_control_event(event)
+                    continue
                 print_message(event)
                 seen += 1
                 if args.count and seen >= args.count:
@@ -337,11 +368,27 @@ async def cmd_metrics(conn: Connection, args: argparse.Namespace) -> int:
 
 
 class FlagParser(argparse.ArgumentParser):
-    """argparse with Go-like error text; bad flags still exit 2."""
+    """argparse with the Go CLI's error line (`polystream: COMMAND: what`); exit 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(2, f"polystream: {message}\n")
+        command = self.prog.removeprefix("polystream").strip()
+        raise UsageError(f"{command}: {message}" if command else message)
+
+
+# Flags that must be given and not empty, as in the Go CLI.
+REQUIRED_FLAGS = {"subscribe": ("client_id",), "publish": ("type",)}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for field in REQUIRED_FLAGS.get(args.command, ()):
+        if not getattr(args, field):
+            raise UsageError(f"{args.command}: --{field.replace('_', '-')} is required")
+
+
+COMMANDS = (
+    "serve subscribe publish status updates publish-update query start-job cancel-job watch-job "
+    "tail send messages chat upload metrics"
+).split()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--count", type=int, default=0, help=f"exit 0 after N {what} (0 = no limit)")
 
     sub = command("subscribe", cmd_subscribe, "EventService.Subscribe through the resilient client")
-    sub.add_argument("--client-id", required=True)
+    sub.add_argument("--client-id", default="", help="client id (required)")
     sub.add_argument("--types", type=comma_list, default=[], help="type patterns, e.g. a.*,b")
     sub.add_argument("--channel", default="")
     sub.add_argument("--last-event-id", default="")
@@ -370,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--raw", action="store_true", help="one plain Subscribe call: no retry, control events too")
 
     sub = command("publish", cmd_publish, "EventService.Broadcast")
-    sub.add_argument("--type", required=True)
+    sub.add_argument("--type", default="", help="event type, e.g. user.created (required)")
     sub.add_argument("--data", default="", metavar="JSON")
     sub.add_argument("--id", default="")
     sub.add_argument("--channels", type=comma_list, default=[])
@@ -456,11 +503,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from polystream import server  # lazily: client commands need no server code
 
         return server.main(argv[1:]) or 0
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        if not argv:
+            parser.print_help(sys.stderr)
+            return 2
+        if not argv[0].startswith("-") and argv[0] not in COMMANDS:
+            raise UsageError(f'unknown command "{argv[0]}" (see polystream --help)')
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            raise UsageError(f"{args.command}: unrecognized arguments: {' '.join(unknown)}")
+        check_args(args)
+    except UsageError as exc:
+        report_error(str(exc))
+        return 2
     try:
         return asyncio.run(run_command(args))
     except grpc.aio.AioRpcError as exc:
-        report_error(f"{exc.code().name}: {exc.details()}")
+        report_error(describe(exc))
         return 1
     except CommandFailed as exc:
         report_error(str(exc))

@@ -428,6 +428,13 @@ def test_bad_flags_exit_2(args):
     assert result.stdout == ""
 
 
+def test_required_flags_must_not_be_empty():
+    result = run([*PYTHON_CLI, "publish", "--type", ""], env=python_env())
+    assert (result.code, result.stderr) == (2, "polystream: publish: --type is required\n")
+    result = run([*PYTHON_CLI, "subscribe"], env=python_env())
+    assert (result.code, result.stderr) == (2, "polystream: subscribe: --client-id is required\n")
+
+
 def test_unreachable_server_is_unavailable():
     result = run([*PYTHON_CLI, "status", "--client-id", "c", "--addr", "127.0.0.1:1"], env=python_env())
     assert result.code == 1

@@ -179,7 +179,7 @@ def test_status_and_event_errors(pairs):
     assert result["no_client"] == (1, "polystream: INVALID_ARGUMENT: client_id is required")
     assert result["bad_pattern"] == (1, 'polystream: INVALID_ARGUMENT: invalid event type pattern "a..b": empty segment')
     assert result["bad_heartbeat"] == (1, "polystream: INVALID_ARGUMENT: heartbeat_interval must be >= 0, got -5")
-    assert result["no_type"] == (1, "polystream: INVALID_ARGUMENT: event.type is required")
+    assert result["no_type"] == (2, "polystream: publish: --type is required")
 
 
 def test_status_of_a_connected_client(pairs):
@@ -413,14 +413,25 @@ def test_metrics(pairs):
 # ---------------------------------------------------------------- the CLIs themselves
 
 
-@pytest.mark.parametrize("args", [["subscribe"], ["query", "--batch-size", "many"], ["no-such-command"]])
-def test_bad_flags_exit_2_in_both_clis(pairs, args):
+@pytest.mark.parametrize(
+    "args, same_text",
+    [
+        (["subscribe"], True),
+        (["publish", "--type", ""], True),
+        (["no-such-command"], True),
+        # the flag libraries' own wording differs
+        (["query", "--batch-size", "many"], False),
+        (["publish", "--type", "x", "--metadata", "novalue"], False),
+    ],
+)
+def test_bad_flags_exit_2_in_both_clis(pairs, args, same_text):
     pairs.require()
-    codes = {
-        "go": run([GO_BIN, *args]).code,
-        "python": run([*PYTHON_CLI, *args], env=python_env()).code,
-    }
-    assert codes == {"go": 2, "python": 2}
+    results = {"go": run([GO_BIN, *args]), "python": run([*PYTHON_CLI, *args], env=python_env())}
+    assert {lang: r.code for lang, r in results.items()} == {"go": 2, "python": 2}
+    for lang, result in results.items():
+        assert result.stderr.startswith("polystream: ") and result.stdout == "", f"{lang}: {result.describe()}"
+    if same_text:
+        assert results["go"].stderr == results["python"].stderr
 
 
 def test_unreachable_server_in_both_clis(pairs):
