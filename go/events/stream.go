@@ -134,6 +134,9 @@ func (d *delivery) run(ctx context.Context, replay []*record, gap *replayGap) er
 		if err := d.sendRecord(r); err != nil {
 			return err
 		}
+		if err := d.heartbeatIfDue(ticker); err != nil {
+			return err
+		}
 	}
 	for {
 		for {
@@ -147,12 +150,8 @@ func (d *delivery) run(ctx context.Context, replay []*record, gap *replayGap) er
 			if err := d.sendEntry(e); err != nil {
 				return err
 			}
-			select { // a busy stream still gets its heartbeats
-			case <-ticker.C:
-				if err := d.sendHeartbeat(); err != nil {
-					return err
-				}
-			default:
+			if err := d.heartbeatIfDue(ticker); err != nil {
+				return err
 			}
 		}
 		select {
@@ -198,6 +197,16 @@ func (d *delivery) sendRecord(r *record) error {
 	}
 	d.sub.stats.received.Add(1)
 	return nil
+}
+
+// heartbeatIfDue lets a busy stream keep its heartbeats.
+func (d *delivery) heartbeatIfDue(ticker *time.Ticker) error {
+	select {
+	case <-ticker.C:
+		return d.sendHeartbeat()
+	default:
+		return nil
+	}
 }
 
 func (d *delivery) sendHeartbeat() error {
