@@ -33,6 +33,8 @@ class Pairs:
         self.problem = ""
         self.servers: list[ServerProcess] = []
         self.pairs: dict[str, Cli] = {}
+        # pair -> (CLI command prefix, server command prefix)
+        self.commands: dict[str, tuple[list[str], list[str]]] = {}
 
     def require(self) -> dict[str, Cli]:
         if self.problem:
@@ -57,6 +59,10 @@ def pairs():
             setup.servers.append(python_server)
             go_server = ServerProcess([GO_BIN, *serve_flags], env=python_env())
             setup.servers.append(go_server)
+            setup.commands = {
+                "go-cli->python-server": ([GO_BIN], PYTHON_CLI),
+                "python-cli->go-server": (PYTHON_CLI, [GO_BIN]),
+            }
             setup.pairs = {
                 "go-cli->python-server": Cli([GO_BIN], python_server.address, env=python_env()),
                 "python-cli->go-server": Cli(PYTHON_CLI, go_server.address, env=python_env()),
@@ -138,6 +144,33 @@ def test_publish_and_subscribe_with_resume(pairs):
 
     result = across(pairs, scenario)
     assert result["live"] == [".live"]
+
+
+@pytest.mark.parametrize("pair", ["go-cli->python-server", "python-cli->go-server"])
+def test_subscribe_survives_a_server_restart(pairs, pair, tmp_path):
+    """The resilient subscriber of one language resumes from the other
+    language's durable log: nothing lost, nothing twice."""
+    pairs.require()
+    cli_prefix, server_prefix = pairs.commands[pair]
+    serve = [*server_prefix, "serve", "--data-dir", str(tmp_path), "--shutdown-grace", "1s"]
+    server = ServerProcess([*serve, "--port", "0"], env=python_env())
+    port = server.address.rsplit(":", 1)[1]
+    cli = Cli(cli_prefix, server.address, env=python_env())
+    client, kind = unique("c"), unique("restart")
+    subscriber = cli.start("subscribe", "--client-id", client, "--types", f"{kind}.*", "--count", "6")
+    try:
+        wait_until(lambda: "connected" in cli.ok("status", "--client-id", client)[0], what="subscriber connected")
+        published = [cli.ok("publish", "--type", f"{kind}.before")[0]["event_id"] for _ in range(3)]
+        server.stop()
+        server = ServerProcess([*serve, "--port", port], env=python_env())
+        published += [cli.ok("publish", "--type", f"{kind}.after")[0]["event_id"] for _ in range(3)]
+        out, err = subscriber.communicate(timeout=60)
+    finally:
+        subscriber.kill()
+        server.stop()
+    assert subscriber.returncode == 0, err
+    assert [json.loads(line)["id"] for line in out.splitlines()] == published
+    assert "reconnecting" in err
 
 
 def test_idempotent_publish_and_replay_gap(pairs):
