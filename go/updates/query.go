@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	sqlite "modernc.org/sqlite"
 
 	updatesv1 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
@@ -21,6 +23,12 @@ const (
 	queryRows        = 10000 // rows in large_table
 	defaultBatchSize = 100
 	maxBatchSize     = 10000
+
+	// Memory bounds whatever the SQL: one value (string or blob, also
+	// intermediate ones such as zeroblob(1e9)) and one batch. A batch that
+	// large could not be sent anyway under the default 4 MiB message limit.
+	maxValueBytes = 1 << 20
+	maxBatchBytes = 8 << 20
 )
 
 // queryDB is the seeded database, opened read-only: whatever the statement
@@ -94,6 +102,23 @@ func seed(path string) error {
 
 func (q *queryDB) close() error { return q.db.Close() }
 
+// conn takes a connection from the pool for one query, with the value-size
+// limit set (limits belong to the connection, so it is set every time).
+func (q *queryDB) conn(ctx context.Context) (*sql.Conn, error) {
+	c, err := q.db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := sqlite.Limit(c, sqliteLimitLength, maxValueBytes); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// sqliteLimitLength is SQLITE_LIMIT_LENGTH, the largest string or blob.
+const sqliteLimitLength = 0
+
 func (s *Service) StreamQueryResults(req *updatesv1.QueryRequest, stream updatesv1.StreamService_StreamQueryResultsServer) error {
 	if strings.TrimSpace(req.GetQuery()) == "" {
 		return invalid("query is required")
@@ -117,13 +142,18 @@ func (s *Service) StreamQueryResults(req *updatesv1.QueryRequest, stream updates
 	s.query.active.Add(1)
 	defer s.query.active.Add(-1)
 
+	conn, err := s.query.conn(ctx)
+	if err != nil {
+		return s.queryErr(ctx, err)
+	}
+	defer conn.Close()
 	var count int64
-	if err := s.query.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM (\n"+stmt+"\n)").Scan(&count); err != nil {
+	if err := conn.QueryRowContext(ctx, "SELECT COUNT(*) FROM (\n"+stmt+"\n)").Scan(&count); err != nil {
 		return s.queryErr(ctx, err)
 	}
 	total := int32(max(1, (count+int64(batch)-1)/int64(batch)))
 
-	rows, err := s.query.db.QueryContext(ctx, stmt)
+	rows, err := conn.QueryContext(ctx, stmt)
 	if err != nil {
 		return s.queryErr(ctx, err)
 	}
@@ -137,13 +167,16 @@ func (s *Service) StreamQueryResults(req *updatesv1.QueryRequest, stream updates
 	for i := range vals {
 		ptrs[i] = &vals[i]
 	}
+	batchBytes := 0
 	readRow := func() (*updatesv1.Row, error) {
 		if err := rows.Scan(ptrs...); err != nil {
 			return nil, err
 		}
 		m := make(map[string]string, len(cols))
 		for i, c := range cols {
-			m[c] = formatValue(vals[i])
+			v := formatValue(vals[i])
+			m[c] = v
+			batchBytes += len(c) + len(v)
 		}
 		return &updatesv1.Row{Columns: m}, nil
 	}
@@ -164,7 +197,7 @@ func (s *Service) StreamQueryResults(req *updatesv1.QueryRequest, stream updates
 				t = num // the data moved between COUNT and SELECT (random(), say)
 			}
 			err := stream.Send(&updatesv1.QueryResult{Rows: cur, BatchNumber: num, TotalBatches: t, IsLast: last, Sequence: seq})
-			cur = make([]*updatesv1.Row, 0, batch)
+			cur, batchBytes = make([]*updatesv1.Row, 0, batch), 0
 			return err
 		}
 	)
@@ -174,6 +207,9 @@ func (s *Service) StreamQueryResults(req *updatesv1.QueryRequest, stream updates
 			return s.queryErr(ctx, err)
 		}
 		cur = append(cur, row)
+		if batchBytes > maxBatchBytes {
+			return status.Errorf(codes.ResourceExhausted, "query batch larger than %d bytes; use a smaller batch_size", maxBatchBytes)
+		}
 		more = rows.Next()
 		if len(cur) == batch || !more {
 			if !more {

@@ -276,3 +276,18 @@ func TestQuerySingleSelect(t *testing.T) {
 		}
 	}
 }
+
+// Memory stays bounded whatever the SQL: one value is at most 1 MiB, one
+// batch at most 8 MiB.
+func TestQueryMemoryBounds(t *testing.T) {
+	e := newEnv(t, Config{})
+	_, err := query(t, e, "SELECT zeroblob(2000000) AS big", 0)
+	wantStatus(t, err, codes.InvalidArgument, "query failed: string or blob too big")
+	_, err = query(t, e, "SELECT hex(zeroblob(450000)) AS v FROM large_table LIMIT 20", 20)
+	wantStatus(t, err, codes.ResourceExhausted, "query batch larger than 8388608 bytes; use a smaller batch_size")
+	// The same rows in small batches are fine.
+	res, err := query(t, e, "SELECT hex(zeroblob(450000)) AS v FROM large_table LIMIT 6", 2)
+	if err != nil || len(res) != 3 || len(res[0].GetRows()[0].GetColumns()["v"]) != 900000 {
+		t.Fatalf("small batches: %d batches, %v", len(res), err)
+	}
+}
