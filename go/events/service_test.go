@@ -1,6 +1,7 @@
 package events
 
 import (
+	"context"
 	"io"
 	"regexp"
 	"sync"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -313,5 +315,34 @@ func TestParsePolicy(t *testing.T) {
 	}
 	if (Config{}).Policy != Disconnect {
 		t.Error("the zero Policy must be the default, Disconnect")
+	}
+}
+
+func TestDeadlineReleasesTheSubscriber(t *testing.T) {
+	ts := startServer(t, Config{})
+	ctx, cancel := context.WithTimeout(ts.ctx, 300*time.Millisecond)
+	defer cancel()
+	stream, err := ts.client.Subscribe(ctx, &eventsv1.SubscribeRequest{ClientId: "d"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.waitStreams("d", 1)
+	for {
+		if _, err = stream.Recv(); err != nil {
+			break
+		}
+	}
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("got %v, want DEADLINE_EXCEEDED", err)
+	}
+	ts.waitStreams("d", 0)
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	for _, cfg := range []Config{{HistorySize: -1}, {QueueSize: -1}, {PublishTimeout: -time.Second}, {Policy: Policy(42)}} {
+		if svc, err := New(cfg); err == nil {
+			svc.Close()
+			t.Errorf("New(%+v) accepted", cfg)
+		}
 	}
 }
