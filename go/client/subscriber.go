@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
 )
@@ -61,13 +63,15 @@ type Subscriber struct {
 	lastEventID string
 }
 
-// NewSubscriber checks cfg and prepares a subscriber on conn.
+// NewSubscriber checks cfg and prepares a subscriber on conn. A request
+// the server would refuse is refused here with the server's code and
+// message (INVALID_ARGUMENT), so callers handle both the same way.
 func NewSubscriber(conn grpc.ClientConnInterface, cfg SubscriberConfig) (*Subscriber, error) {
 	if cfg.ClientID == "" {
-		return nil, errors.New("client_id is required")
+		return nil, status.Error(codes.InvalidArgument, "client_id is required")
 	}
 	if cfg.HeartbeatInterval < 0 {
-		return nil, fmt.Errorf("heartbeat_interval must be >= 0, got %d", cfg.HeartbeatInterval)
+		return nil, status.Errorf(codes.InvalidArgument, "heartbeat_interval must be >= 0, got %d", cfg.HeartbeatInterval)
 	}
 	if cfg.Backoff == (Backoff{}) {
 		cfg.Backoff = DefaultBackoff

@@ -206,10 +206,12 @@ func TestRunEndsWhenContextEnds(t *testing.T) {
 
 func TestNewSubscriberRejectsBadConfig(t *testing.T) {
 	_, conn := startScripted(t, nil)
-	if _, err := NewSubscriber(conn, SubscriberConfig{}); err == nil || err.Error() != "client_id is required" {
+	_, err := NewSubscriber(conn, SubscriberConfig{})
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || st.Message() != "client_id is required" {
 		t.Errorf("no client id: %v", err)
 	}
-	if _, err := NewSubscriber(conn, SubscriberConfig{ClientID: "c", HeartbeatInterval: -5}); err == nil || err.Error() != "heartbeat_interval must be >= 0, got -5" {
+	_, err = NewSubscriber(conn, SubscriberConfig{ClientID: "c", HeartbeatInterval: -5})
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || st.Message() != "heartbeat_interval must be >= 0, got -5" {
 		t.Errorf("negative heartbeat: %v", err)
 	}
 }

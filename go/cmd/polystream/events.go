@@ -65,7 +65,7 @@ func runSubscribe(ctx context.Context, args []string) error {
 		},
 	})
 	if err != nil {
-		return usagef("subscribe: %s", err)
+		return err // INVALID_ARGUMENT, as the server would say
 	}
 	seen := 0
 	for ev, err := range sub.Events(ctx) {
