@@ -99,7 +99,7 @@ func TestResilientReconnectsWithBackoff(t *testing.T) {
 			kinds = append(kinds, "connected")
 		case o.GetDisconnected() != nil:
 			d := o.GetDisconnected()
-			if d.GetCode() != "UNAVAILABLE" || !d.GetWillRetry() || d.GetDelayMs() > 20 || d.GetMessage() != "server is shutting down" {
+			if d.GetCode() != "UNAVAILABLE" || !d.GetWillRetry() || d.GetDelayMs() > 24 || d.GetMessage() != "server is shutting down" {
 				t.Fatalf("disconnected %v", d)
 			}
 			kinds = append(kinds, "disconnected")
@@ -177,5 +177,23 @@ func TestCancellingRunCancelsTheCall(t *testing.T) {
 				return nil
 			},
 		}})
+	}
+}
+
+func TestResilientDeadline(t *testing.T) {
+	target := startFake(t, &fakeEvents{scripts: []func(*eventsv1.SubscribeRequest, eventsv1.EventService_SubscribeServer) error{
+		func(_ *eventsv1.SubscribeRequest, s eventsv1.EventService_SubscribeServer) error {
+			_ = s.Send(event(1, "e1"))
+			<-s.Context().Done()
+			return nil
+		},
+	}})
+	obs := runAll(t, startDriver(t), &pb.RunRequest{Target: target, DeadlineMs: 300, Scenario: &pb.RunRequest_Subscribe{Subscribe: &pb.Subscribe{
+		Request: &eventsv1.SubscribeRequest{ClientId: "c"}, Resilient: true,
+	}}})
+	wantCode(t, obs, "DEADLINE_EXCEEDED")
+	d := obs[len(obs)-2].GetDisconnected()
+	if len(obs) != 4 || d.GetCode() != "DEADLINE_EXCEEDED" || d.GetWillRetry() {
+		t.Fatalf("observations %v", obs)
 	}
 }

@@ -18,6 +18,7 @@ import (
 // Request headers and deadline_ms apply to the whole subscription.
 func (r *run) subscribeResilient(s *pb.Subscribe) error {
 	var connects int32
+	open := false // a stream is open: connected, not yet disconnected
 	var logEvents int32
 	stopped := false // stop_after reached: finished OK
 
@@ -61,8 +62,10 @@ func (r *run) subscribeResilient(s *pb.Subscribe) error {
 		OnConnect: func(int) {
 			r.emitConnected(connects, sub.LastEventID())
 			connects++
+			open = true
 		},
 		OnDisconnect: func(err error, _ int, delay time.Duration) {
+			open = false
 			code, msg := errorCode(err)
 			d := &pb.Disconnected{Code: code, Message: msg, WillRetry: delay >= 0}
 			if delay >= 0 {
@@ -77,6 +80,12 @@ func (r *run) subscribeResilient(s *pb.Subscribe) error {
 	err = sub.Run(r.ctx)
 	if stopped {
 		err = nil
+	}
+	if open && errors.Is(err, context.DeadlineExceeded) {
+		// The deadline ended an open stream: reported like any other end
+		// (go/client returns the context's error without a disconnect).
+		code, msg := errorCode(err)
+		r.emit(&pb.Observation{Kind: &pb.Observation_Disconnected{Disconnected: &pb.Disconnected{Code: code, Message: msg}}})
 	}
 	// go/client does not expose the last attempt's headers and trailers.
 	code, msg := errorCode(err)

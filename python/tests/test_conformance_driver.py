@@ -393,3 +393,17 @@ async def test_cancelling_run_cancels_the_call(driver, fake, resilient_):
             break
     call.cancel()
     await asyncio.wait_for(server_saw_cancel.wait(), 5)
+
+
+async def test_resilient_deadline(driver, fake):
+    async def script(request, context):
+        yield event(1, "e1")
+        await asyncio.sleep(30)
+
+    target = await fake(script)
+    obs = await run_all(driver, d.RunRequest(target=target, deadline_ms=300, subscribe=d.Subscribe(
+        request=events_pb2.SubscribeRequest(client_id="c"), resilient=True)))
+    assert [o.WhichOneof("kind") for o in obs] == ["connected", "received", "disconnected", "finished"]
+    assert finished(obs).code == "DEADLINE_EXCEEDED"
+    gone = obs[2].disconnected
+    assert (gone.code, gone.will_retry) == ("DEADLINE_EXCEEDED", False)

@@ -12,6 +12,8 @@
 #   PYTHON_BASE_IMAGE=IMG base of polystream/python:dev
 #                         (default polystream/debian-python:bookworm; the base
 #                         image is built only when this default is used)
+#   PYTHON_PIP_INSTALL=.. what pip installs on another base (default for a base
+#                         other than ours: "grpcio>=1.51 protobuf>=3.20,<5")
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DOCKER_BUILDKIT=0
@@ -21,6 +23,11 @@ GO_IMAGE=polystream/go:dev
 PYTHON_IMAGE=polystream/python:dev
 GO_BASE_IMAGE=${GO_BASE_IMAGE:-scratch}
 PYTHON_BASE_IMAGE=${PYTHON_BASE_IMAGE:-$BASE_IMAGE_NAME}
+if [ "$PYTHON_BASE_IMAGE" = "$BASE_IMAGE_NAME" ]; then
+  PYTHON_PIP_INSTALL=${PYTHON_PIP_INSTALL:-}
+else
+  PYTHON_PIP_INSTALL=${PYTHON_PIP_INSTALL-grpcio>=1.51 protobuf>=3.20,<5}
+fi
 SUITE=bookworm
 # What the Python image needs from Debian (the server also uses sqlite3 from
 # the standard library, which libpython3.11-stdlib brings).
@@ -115,10 +122,11 @@ build_python() {
   # Only the package's sources: no tests, caches or virtualenvs.
   tar -C python --exclude='__pycache__' --exclude='*.pyc' --exclude='.pytest_cache' -cf - polystream \
     | tar -C "$ctx/python" -xf -
-  hash=$( { printf 'base=%s@%s\n' "$PYTHON_BASE_IMAGE" "$base_id"; (cd "$ctx" && tree_stream .); } | hash_inputs)
+  hash=$( { printf 'base=%s@%s\npip=%s\n' "$PYTHON_BASE_IMAGE" "$base_id" "$PYTHON_PIP_INSTALL"; (cd "$ctx" && tree_stream .); } | hash_inputs)
   if up_to_date "$PYTHON_IMAGE" "$hash"; then log "$PYTHON_IMAGE is up to date"; return; fi
   log "building $PYTHON_IMAGE FROM $PYTHON_BASE_IMAGE"
   timed "$PYTHON_IMAGE" docker build -t "$PYTHON_IMAGE" --build-arg "BASE_IMAGE=$PYTHON_BASE_IMAGE" \
+    --build-arg "PIP_INSTALL=$PYTHON_PIP_INSTALL" \
     --label "$LABEL_KEY=$hash" "$ctx"
 }
 
