@@ -250,10 +250,11 @@ async def test_resume_replays_after_the_id_then_continues_live(start_server, ope
     assert got[0].id == ids[2]
 
 
-async def test_no_gap_and_no_duplicate_at_the_seam_under_concurrent_publishing(start_server, open_channel):
-    server = await start_server(queue_size=10_000, history_size=10_000)
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+async def test_no_gap_and_no_duplicate_at_the_seam_under_concurrent_publishing(start_server, open_channel, tmp_path, durable):
+    server = await start_server(queue_size=10_000, history_size=10_000, data_dir=str(tmp_path) if durable else "")
     stub = connect(server, open_channel)
-    per_publisher, publishers = 150, 3
+    per_publisher, publishers = 100, 4
     total = per_publisher * publishers
     ids: dict[int, str] = {}
 
@@ -262,19 +263,28 @@ async def test_no_gap_and_no_duplicate_at_the_seam_under_concurrent_publishing(s
             response = await publish(stub, "load")
             ids[response.sequence] = response.event_id
 
+    async def reader(client_id: str, after: int | None, call) -> tuple[int | None, list[int]]:
+        events = await read_until_sequence(call, total, timeout=30)
+        call.cancel()
+        return after, [e.sequence for e in events]
+
     tasks = [asyncio.create_task(publisher()) for _ in range(publishers)]
     readers = []
-    for start_after in (20, 90, 160, 250, 330):
-        await eventually(lambda: len(ids) >= start_after + 10, what=f"{start_after + 10} events published")
-        resumed = await subscribe(stub, f"resume-{start_after}", last_event_id=ids[start_after])
-        fresh = await subscribe(stub, f"fresh-{start_after}")
-        readers.append((start_after, asyncio.create_task(read_until_sequence(resumed, total))))
-        readers.append((None, asyncio.create_task(read_until_sequence(fresh, total))))
+    # Subscribe again and again while the publishers run, so that some
+    # subscriptions land in the middle of a publish.
+    while len(ids) < total - 50 and len(readers) < 40:
+        await eventually(lambda: len(ids) >= 10, what="first events")
+        after = max(ids) - 5
+        resumed = stub.Subscribe(pb.SubscribeRequest(client_id=f"r{len(readers)}", last_event_id=ids[after]))
+        fresh = stub.Subscribe(pb.SubscribeRequest(client_id=f"f{len(readers)}"))
+        readers.append(asyncio.create_task(reader("r", after, resumed)))
+        readers.append(asyncio.create_task(reader("f", None, fresh)))
+        await asyncio.sleep(0.002)
     await asyncio.gather(*tasks)
-    for start_after, reader in readers:
-        sequences = [e.sequence for e in await reader]
-        first = start_after + 1 if start_after is not None else sequences[0]
-        assert sequences == list(range(first, total + 1)), f"resumed after {start_after}"
+    assert len(readers) >= 10
+    for after, sequences in await asyncio.gather(*readers):
+        first = after + 1 if after is not None else sequences[0]
+        assert sequences == list(range(first, total + 1)), f"resumed after {after}"
 
 
 async def test_unknown_or_expired_resume_point_sends_replay_gap_then_oldest_retained(start_server, open_channel):
