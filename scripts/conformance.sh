@@ -13,6 +13,7 @@
 #   CONFORMANCE_SKIP_BUILD=1    use the images as they are
 #   CONFORMANCE_BUDGET=14m      stop starting cases after this long
 #   CONFORMANCE_VERBOSE=1       testcontainers' own log lines too
+#   CONFORMANCE_CLEAN_STALE=1   first remove leftovers of runs killed hard
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,11 +48,14 @@ if [ "${CONFORMANCE_SKIP_BUILD:-0}" != 1 ]; then
 fi
 log "images ready after $((SECONDS - start))s"
 
-# Leftovers of a run that was killed hard (SIGKILL) carry our label.
-stale=$(docker ps -aq --filter label=polystream.conformance || true)
-[ -z "$stale" ] || docker rm -f $stale >/dev/null 2>&1 || true
-stale_nets=$(docker network ls -q --filter label=polystream.conformance || true)
-[ -z "$stale_nets" ] || docker network rm $stale_nets >/dev/null 2>&1 || true
+# Leftovers of a run that was killed hard (SIGKILL) carry our label. Opt-in,
+# since another run on the same engine carries it too.
+if [ "${CONFORMANCE_CLEAN_STALE:-0}" = 1 ]; then
+  stale=$(docker ps -aq --filter label=polystream.conformance || true)
+  [ -z "$stale" ] || docker rm -f $stale >/dev/null 2>&1 || true
+  stale_nets=$(docker network ls -q --filter label=polystream.conformance || true)
+  [ -z "$stale_nets" ] || docker network rm $stale_nets >/dev/null 2>&1 || true
+fi
 
 rm -rf conformance/results
 mkdir -p conformance/results

@@ -72,6 +72,9 @@ type Options struct {
 	ResultsDir string
 	// Protoset for ghz.
 	Protoset string
+	// Parallel is how many server images are tested at once (each server
+	// image's cases run one after another).
+	Parallel int
 	// Log receives progress lines.
 	Log func(format string, args ...any)
 	// OnOutcome is called after each case.
@@ -165,7 +168,28 @@ func (m *matrix) run(ctx context.Context) []Outcome {
 		}
 	}()
 	cases := m.cases()
+	par := m.opt.Parallel
+	if par <= 0 {
+		par = 1
+	}
+	sem := make(chan struct{}, par)
+	var wg sync.WaitGroup
 	for _, sv := range servers {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			m.serverTrack(ctx, sv, clients, cases)
+		}()
+	}
+	wg.Wait()
+	return m.out
+}
+
+// serverTrack runs every case for one server image, client after client.
+func (m *matrix) serverTrack(ctx context.Context, sv *config.Implementation, clients []*config.Implementation, cases []caseRun) {
+	{
 		shared := map[string]*serverHandle{}
 		for _, cr := range cases {
 			if ctx.Err() != nil {
@@ -205,7 +229,6 @@ func (m *matrix) run(ctx context.Context) []Outcome {
 			s.close(ctx)
 		}
 	}
-	return m.out
 }
 
 func (m *matrix) record(o Outcome) {
@@ -222,8 +245,8 @@ func (m *matrix) record(o Outcome) {
 		}
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.out = append(m.out, o)
-	m.mu.Unlock()
 	m.opt.Log("%-5s %s  %s → %s  (%v)", strings.ToUpper(string(o.Status)), o.CaseID, o.Client, o.Server, o.Duration.Round(10*time.Millisecond))
 	if o.Status.Failed() {
 		if o.Error != "" {
@@ -284,8 +307,15 @@ func serverKey(c *config.Case) string {
 	return fmt.Sprintf("%v|%v", c.Server.Flags, c.Server.DataDir)
 }
 
-func (m *matrix) startServer(ctx context.Context, im *config.Implementation, c *config.Case) (*serverHandle, error) {
+func (m *matrix) next() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.seq++
+	return m.seq
+}
+
+func (m *matrix) startServer(ctx context.Context, im *config.Implementation, c *config.Case) (*serverHandle, error) {
+	n := m.next()
 	args := im.Server.Args()
 	if c.Server.DataDir {
 		dir := im.Server.DataDir
@@ -297,7 +327,7 @@ func (m *matrix) startServer(ctx context.Context, im *config.Implementation, c *
 	args = append(args, c.Server.Flags...)
 	ctr, err := m.env.Start(ctx, docker.Spec{
 		Image: im.Image, Cmd: args, Env: im.Server.Env,
-		Alias: fmt.Sprintf("server-%s-%d", im.Name, m.seq), Port: im.Server.Port,
+		Alias: fmt.Sprintf("server-%s-%d", im.Name, n), Port: im.Server.Port,
 	})
 	if err != nil {
 		return &serverHandle{im: im, err: err}, err
@@ -332,8 +362,7 @@ func (m *matrix) runCase(ctx context.Context, cr caseRun, cl, sv *config.Impleme
 		o.Status, o.Error = Error, fmt.Sprintf("server %s: %v", sv.Name, srvErr)
 		return o
 	}
-	m.seq++
-	base := strings.Trim(unsafeChars.ReplaceAllString(fmt.Sprintf("%s-%s-%s-%d", cr.id, cl.Name, sv.Name, m.seq), "-"), "-")
+	base := strings.Trim(unsafeChars.ReplaceAllString(fmt.Sprintf("%s-%s-%s-%d", cr.id, cl.Name, sv.Name, m.next()), "-"), "-")
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout.D()+30*time.Second)
 	defer cancel()
 
