@@ -59,17 +59,26 @@ func (r *run) subscribeMultiple(s *pb.SubscribeMultiple) error {
 		return r.finish(err, nil, nil, nil)
 	}
 	steps := s.GetSteps()
-	send := func() error {
-		req := steps[0].GetRequest()
-		steps = steps[1:]
-		return cs.Send(req)
+	var sinceStep, total int32
+	// sendDue sends every step whose `after` is reached (an `after` of 0 goes
+	// with the step before it).
+	sendDue := func() error {
+		for len(steps) > 0 && sinceStep >= steps[0].GetAfter() {
+			req := steps[0].GetRequest()
+			steps = steps[1:]
+			sinceStep = 0
+			if err := cs.Send(req); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	if len(steps) > 0 {
-		if err := send(); err != nil && err != io.EOF {
+		steps[0] = &pb.SubscribeMultiple_Step{Request: steps[0].GetRequest()} // the first goes at once
+		if err := sendDue(); err != nil && err != io.EOF {
 			return r.finishStream(cs, err, nil)
 		}
 	}
-	var sinceStep, total int32
 	halfClosed := false
 	err = recvLoop(r, cs, newEvent, describeEvent, func(e *eventsv1.Event) bool {
 		if e.GetSequence() == 0 {
@@ -77,12 +86,7 @@ func (r *run) subscribeMultiple(s *pb.SubscribeMultiple) error {
 		}
 		sinceStep++
 		total++
-		if len(steps) > 0 && sinceStep >= steps[0].GetAfter() {
-			sinceStep = 0
-			if err := send(); err != nil {
-				return false // the receive that follows reports why
-			}
-		}
+		_ = sendDue() // a failed send: the receive that follows reports why
 		if n := s.GetStopAfter(); n > 0 && total >= n && !halfClosed {
 			halfClosed = true
 			_ = cs.CloseSend()

@@ -232,24 +232,27 @@ class Run:
         steps = list(s.steps)
         counts = {"since_step": 0, "total": 0, "closed": False}
 
-        async def send_next() -> None:
-            step = steps.pop(0)
-            try:
-                await call.write(step.request)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                pass  # the read that follows reports why
+        async def send_due() -> None:
+            """Sends every step whose `after` is reached (an `after` of 0 goes
+            with the step before it)."""
+            while steps and counts["since_step"] >= steps[0].after:
+                request = steps.pop(0).request
+                counts["since_step"] = 0
+                try:
+                    await call.write(request)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    return  # the read that follows reports why
 
         if steps:
-            await send_next()
+            steps[0] = driver_pb2.SubscribeMultiple.Step(request=steps[0].request)  # the first goes at once
+            await send_due()
 
         async def on_event(e) -> bool:
             if e.sequence == 0:
                 return False
             counts["since_step"] += 1
             counts["total"] += 1
-            if steps and counts["since_step"] >= steps[0].after:
-                counts["since_step"] = 0
-                await send_next()
+            await send_due()
             if 0 < s.stop_after <= counts["total"] and not counts["closed"]:
                 counts["closed"] = True
                 await call.done_writing()

@@ -183,6 +183,7 @@ async def test_subscribe_multiple_half_close(driver, server):
         stop_after=2)))
     assert finished(obs).code == "OK"  # half-closed at stop_after, then the server ended the stream
     assert [r.id for r in received(obs) if r.sequence > 0] == ids[1:]
+    # The acknowledgement of step 2 may or may not beat the half-close: not checked here.
 
 
 async def test_query(driver, server):
