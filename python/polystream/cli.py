@@ -183,8 +183,10 @@ async def cmd_subscribe(conn: Connection, args: argparse.Namespace) -> int:
         )
         await print_stream(call, args.count, counts=lambda event: not is_control_event(event))
         return 0
+    # The subscriber makes its own channel from the address: one whose
+    # reconnect timer follows the subscriber's backoff, not grpc's (up to 120 s).
     subscriber = ResilientSubscriber(
-        conn.channel,
+        args.addr,
         heartbeat_interval=args.heartbeat,
         include_control_events=True,
         on_disconnect=report_reconnect,
