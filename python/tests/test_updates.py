@@ -102,9 +102,10 @@ async def take(call, count: int) -> list:
 # --- topic updates ------------------------------------------------------------
 
 
-async def test_subscribe_requires_a_topic(running: Running) -> None:
+@pytest.mark.parametrize("topics", [[], [""]])
+async def test_subscribe_requires_a_topic(running: Running, topics: list[str]) -> None:
     await expect_error(
-        running.stub.SubscribeToUpdates(pb.SubscribeRequest(client_id="c")),
+        running.stub.SubscribeToUpdates(pb.SubscribeRequest(client_id="c", topics=topics)),
         grpc.StatusCode.INVALID_ARGUMENT,
         "at least one topic is required",
     )
@@ -121,7 +122,9 @@ async def test_publish_requires_a_topic(running: Running) -> None:
 async def test_updates_reach_subscribers_of_their_topic_in_order(running: Running) -> None:
     both = running.stub.SubscribeToUpdates(pb.SubscribeRequest(topics=["a", "b", "a"], client_id="both"))
     only_b = running.stub.SubscribeToUpdates(pb.SubscribeRequest(topics=["b"], client_id="only-b"))
-    await eventually(lambda: running.service.topic_subscribers == 2, "two subscribers")
+    await both.initial_metadata()  # headers = subscribed
+    await only_b.initial_metadata()
+    assert running.service.topic_subscribers == 2
 
     recipients = []
     for i, topic in enumerate(["a", "b", "c", "a"]):
@@ -146,11 +149,11 @@ async def test_updates_reach_subscribers_of_their_topic_in_order(running: Runnin
     await eventually(lambda: running.service.topic_subscribers == 0, "subscribers gone after cancel")
 
 
-@pytest.mark.parametrize("policy", ["drop-newest", "drop-oldest"])
-async def test_a_stalled_subscriber_loses_updates_without_holding_up_others(start_updates, policy: str) -> None:
-    running = await start_updates(queue_size=2, backpressure=policy)
+async def test_a_stalled_subscriber_loses_updates_without_holding_up_others(start_updates) -> None:
+    # Whatever the events' policy, a full topic queue refuses the new update.
+    running = await start_updates(queue_size=2, backpressure="drop-oldest")
     stalled = running.stub.SubscribeToUpdates(pb.SubscribeRequest(topics=["t"], client_id="stalled"))
-    await eventually(lambda: running.service.topic_subscribers == 1, "stalled subscriber")
+    await stalled.initial_metadata()  # headers = subscribed
 
     # Large updates fill the stalled stream's flow-control window, then its queue.
     big = "x" * 300_000
@@ -159,35 +162,23 @@ async def test_a_stalled_subscriber_loses_updates_without_holding_up_others(star
         response = await running.stub.PublishUpdate(pb.PublishUpdateRequest(topic="t", message=f"{i}:{big}"))
         if response.recipients == 1:
             accepted.append(f"{i}:{big}")
-    if policy == "drop-newest":
-        assert len(accepted) < 40, "a full queue must refuse new updates"
-    else:
-        assert len(accepted) == 40, "drop-oldest always queues the newest update"
+    assert len(accepted) < 40, "a full queue must refuse new updates"
 
     # A live subscriber is served at once while the other one is stalled.
     live = running.stub.SubscribeToUpdates(pb.SubscribeRequest(topics=["t"], client_id="live"))
-    await eventually(lambda: running.service.topic_subscribers == 2, "live subscriber")
+    await live.initial_metadata()
     last = await running.stub.PublishUpdate(pb.PublishUpdateRequest(topic="t", message="last"))
     (update,) = await take(live, 1)
     assert (update.message, update.sequence) == ("last", 1)
 
-    # The stalled stream numbers what it got without gaps; fewer than published.
-    if policy == "drop-newest":
-        expected = accepted + (["last"] if last.recipients == 2 else [])
-        received = await take(stalled, len(expected))
-        assert [u.message for u in received] == expected
-    else:
-        assert last.recipients == 2
-        received = []
-        async for update in stalled:
-            received.append(update)
-            if update.message == "last":
-                break
-        assert len(received) < 41
-        assert [u.message for u in received] == [m for m in accepted + ["last"] if m in {u.message for u in received}]
+    # The stalled stream gets exactly what its queue took, numbered without gaps.
+    expected = accepted + (["last"] if last.recipients == 2 else [])
+    received = await take(stalled, len(expected))
+    assert [u.message for u in received] == expected
     assert [u.sequence for u in received] == list(range(1, len(received) + 1))
     stalled.cancel()
     live.cancel()
+    await eventually(lambda: running.service.topic_subscribers == 0, "subscribers gone after cancel")
 
 
 # --- query results -------------------------------------------------------------
@@ -480,12 +471,45 @@ async def test_tail_follow_sees_new_records(running: Running) -> None:
     (past,) = await take(follow, 1)
     assert past.message == "before"
     ring = running.service.log_handler
-    await eventually(lambda: ring.follower_count() == 1, "the tail to follow")
+    assert ring.follower_count() == 1
     job_id = (await running.stub.StartJob(pb.StartJobRequest(name="tailed", steps=1, step_duration_ms=1))).job_id
-    live = await take(follow, 1)
-    assert (live[0].message, live[0].fields["job_id"], live[0].sequence) == ("job started", job_id, 2)
+    async for live in follow:
+        if live.message == "job ended":
+            break
+    assert (live.fields["job_id"], live.fields["status"], live.fields["current_step"]) == (
+        job_id,
+        "JOB_STATUS_COMPLETED",
+        "step 1/1",
+    )
+    assert live.sequence >= 2
     follow.cancel()
     await eventually(lambda: ring.follower_count() == 0, "the follower to leave")
+
+
+async def test_tail_follow_without_history_sends_headers_then_records(running: Running) -> None:
+    follow = running.stub.TailLogs(pb.LogRequest(service_name="chat", log_level="warn", follow=True))
+    await follow.initial_metadata()  # headers = following
+    chat = logging.getLogger("polystream.chat")
+    chat.info("below the level")
+    logging.getLogger("polystream.events").error("other service")
+    chat.warning("first", extra={"n": 1})
+    chat.error("second")
+    got = await take(follow, 2)
+    assert [(e.message, e.level, e.sequence) for e in got] == [("first", "warn", 1), ("second", "error", 2)]
+    assert dict(got[0].fields) == {"n": "1"}
+    follow.cancel()
+
+
+async def test_a_follower_far_behind_skips_to_the_oldest_retained_record(running: Running) -> None:
+    follow = running.stub.TailLogs(pb.LogRequest(service_name="server", follow=True))
+    await follow.initial_metadata()
+    log = logging.getLogger("polystream.server")
+    for i in range(1500):  # logged without yielding: the follower is 1500 behind a ring of 1000
+        log.info("burst %d", i)
+    got = await take(follow, 1000)
+    assert [e.message for e in got] == [f"burst {i}" for i in range(500, 1500)]
+    assert [e.sequence for e in got] == list(range(1, 1001))
+    follow.cancel()
 
 
 async def test_tail_keeps_only_the_last_1000_records(running: Running) -> None:

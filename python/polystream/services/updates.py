@@ -40,8 +40,8 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
     def __init__(self, config: ServerConfig, logger: logging.Logger) -> None:
         self._config = config
         self._log = logger
-        self.log_handler: logging.Handler = updates_logs.LogRing(follower_capacity=config.queue_size)
-        self._topics = TopicHub(config.queue_size, config.backpressure)
+        self.log_handler: logging.Handler = updates_logs.LogRing()
+        self._topics = TopicHub(config.queue_size)
         self._jobs = updates_jobs.JobManager(logger)
         self._query_pool = concurrent.futures.ThreadPoolExecutor(QUERY_WORKERS, thread_name_prefix="polystream-query")
         self._temp_dir: str | None = None
@@ -86,11 +86,14 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
     async def SubscribeToUpdates(
         self, request: updates_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[updates_pb2.Update]:
-        if not request.topics:
+        topics = frozenset(topic for topic in request.topics if topic)
+        if not topics:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "at least one topic is required")
-        subscriber = self._topics.subscribe(request.client_id, list(request.topics))
+        subscriber = self._topics.subscribe(topics)
         sequence = 0
         try:
+            # Headers tell the client it is subscribed: updates published from now on reach it.
+            await context.send_initial_metadata(())
             while True:
                 update = await subscriber.next()
                 sequence += 1
@@ -103,11 +106,6 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
                 )
         finally:
             self._topics.unsubscribe(subscriber)
-            if subscriber.dropped:
-                self._log.warning(
-                    "updates dropped",
-                    extra={"client_id": request.client_id, "dropped": subscriber.dropped},
-                )
 
     async def PublishUpdate(
         self, request: updates_pb2.PublishUpdateRequest, context: grpc.aio.ServicerContext
@@ -144,6 +142,8 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
                 while True:
                     # One batch ahead, so `is_last` is the truth, not the count's guess.
                     upcoming = await self._in_query_pool(run.fetch) if len(rows) == batch_size else []
+                    if total < batch_number or (not upcoming and total != batch_number):
+                        total = batch_number  # the data moved between COUNT and SELECT (random(), say)
                     yield updates_pb2.QueryResult(
                         rows=[updates_pb2.Row(columns=row) for row in rows],
                         batch_number=batch_number,
@@ -157,7 +157,6 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
             except sqlite3.Error as exc:
                 if run.stopped:
                     raise asyncio.CancelledError() from exc
-                self._log.info("query failed", extra={"error": str(exc)})
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"query failed: {exc}")
         finally:
             run.stop()
@@ -243,23 +242,33 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
             return entry.rank >= min_rank and (not service or entry.service == service)
 
         ring: updates_logs.LogRing = self.log_handler  # type: ignore[assignment]
-        if not request.follow:
-            for sequence, entry in enumerate(ring.recent(matches, request.lines), start=1):
-                yield _log_entry(entry, sequence)
-            return
-
-        past, follower = ring.follow(matches, request.lines)
+        waker = updates_logs.Waker()
+        if request.follow:
+            ring.add_waker(waker)  # before the snapshot: no record slips between the two
         try:
+            # History and follow cursor come from one snapshot: following goes on
+            # exactly where the history ended.
+            past, cursor = ring.since(0)
+            history = [entry for entry in past if matches(entry)][-request.lines :] if request.lines else []
             sequence = 0
-            for entry in past:
+            for entry in history:
                 sequence += 1
                 yield _log_entry(entry, sequence)
+            if not request.follow:
+                return
+            if not sequence:
+                # Headers tell a following client that records logged from now on reach it.
+                await context.send_initial_metadata(())
             while True:
-                entry = await follower.queue.get()
-                sequence += 1
-                yield _log_entry(entry, sequence)
+                await waker.event.wait()
+                waker.event.clear()  # before reading, so a record arriving meanwhile wakes us again
+                records, cursor = ring.since(cursor)
+                for entry in records:
+                    if matches(entry):
+                        sequence += 1
+                        yield _log_entry(entry, sequence)
         finally:
-            ring.unfollow(follower)
+            ring.remove_waker(waker)
 
 
 def _log_entry(entry: updates_logs.LogRecordEntry, sequence: int) -> updates_pb2.LogEntry:

@@ -109,7 +109,6 @@ class JobManager:
         job = Job(f"job-{self._last_number}", spec)
         self._jobs[job.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job), name=job.id)
-        self._log.info("job started", extra={"job_id": job.id, "job_name": spec.name, "steps": spec.steps})
         return job
 
     def get(self, job_id: str) -> Job | None:
@@ -152,7 +151,10 @@ class JobManager:
         if job.state.finished:
             return
         job.set_state(status, current_step, percentage)
-        self._log.info("job finished", extra={"job_id": job.id, "status": updates_pb2.JobStatus.Name(status)})
+        self._log.info(
+            "job ended",
+            extra={"job_id": job.id, "status": updates_pb2.JobStatus.Name(status), "current_step": current_step},
+        )
         self._finished.append(job.id)
         while len(self._finished) > KEEP_FINISHED:
             self._jobs.pop(self._finished.popleft(), None)

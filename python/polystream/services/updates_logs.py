@@ -4,6 +4,7 @@
 logger, so every record of every service lands here. Records are converted at
 once into small immutable entries (no references to args or exceptions are
 kept), so the ring's memory is bounded by its size.
+Same design as the Go server's LogRing (go/updates/logring.go).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import itertools
 import logging
 import threading
-from typing import Callable
 
 LEVELS = ("debug", "info", "warn", "error")
 _LEVEL_RANK = {name: rank for rank, name in enumerate(LEVELS)}
@@ -68,42 +69,20 @@ def entry_from_record(record: logging.LogRecord) -> LogRecordEntry:
     )
 
 
-Matcher = Callable[[LogRecordEntry], bool]
+class LogRing(logging.Handler):
+    """The last `capacity` records, numbered 1, 2, 3, ... as they arrive.
 
-
-class Follower:
-    """One following TailLogs stream: a bounded queue fed from any thread.
-
-    A follower that cannot keep up loses the newest records (counted in
-    `dropped`) instead of holding up the code that logs.
+    Followers hold no queue of their own: each keeps a cursor (the number of
+    the next record it wants) and is woken when records arrive, so a slow
+    follower costs no memory and never blocks the code that logs; one that
+    falls more than `capacity` records behind skips to the oldest retained.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, matches: Matcher, capacity: int) -> None:
-        self._loop = loop
-        self.matches = matches
-        self.queue: asyncio.Queue[LogRecordEntry] = asyncio.Queue(maxsize=capacity)
-        self.dropped = 0
-
-    def offer(self, entry: LogRecordEntry) -> None:
-        """Hands the entry over on the follower's own loop (records come from any thread)."""
-        try:
-            self._loop.call_soon_threadsafe(self._put, entry)
-        except RuntimeError:  # the loop is closed: the stream is gone
-            pass
-
-    def _put(self, entry: LogRecordEntry) -> None:
-        try:
-            self.queue.put_nowait(entry)
-        except asyncio.QueueFull:
-            self.dropped += 1
-
-
-class LogRing(logging.Handler):
-    def __init__(self, capacity: int = 1000, follower_capacity: int = 256) -> None:
+    def __init__(self, capacity: int = 1000) -> None:
         super().__init__(level=logging.DEBUG)
         self._entries: collections.deque[LogRecordEntry] = collections.deque(maxlen=capacity)
-        self._followers: set[Follower] = set()
-        self._follower_capacity = follower_capacity
+        self._next = 1  # number of the next record
+        self._wakers: set[Waker] = set()
         # A plain lock: records arrive from the event loop and from worker threads.
         self._ring_lock = threading.Lock()
 
@@ -115,42 +94,40 @@ class LogRing(logging.Handler):
             return
         with self._ring_lock:
             self._entries.append(entry)
-            # Handed over under the lock so every follower sees ring order.
-            for follower in self._followers:
-                if follower.matches(entry):
-                    follower.offer(entry)
+            self._next += 1
+            wakers = list(self._wakers)
+        for waker in wakers:
+            waker.wake()
 
-    def recent(self, matches: Matcher, lines: int) -> list[LogRecordEntry]:
+    def since(self, cursor: int) -> tuple[list[LogRecordEntry], int]:
+        """Retained records numbered >= cursor (oldest first) and the cursor to ask with next."""
         with self._ring_lock:
-            return self._recent_locked(matches, lines)
+            oldest = self._next - len(self._entries)
+            skip = max(0, cursor - oldest)
+            return list(itertools.islice(self._entries, skip, None)), self._next
 
-    def follow(self, matches: Matcher, lines: int) -> tuple[list[LogRecordEntry], Follower]:
-        """The last `lines` matching records and a follower for the ones after them.
-
-        Both are taken under one lock, so nothing is missed or repeated at the seam.
-        """
-        follower = Follower(asyncio.get_running_loop(), matches, self._follower_capacity)
+    def add_waker(self, waker: Waker) -> None:
         with self._ring_lock:
-            past = self._recent_locked(matches, lines)
-            self._followers.add(follower)
-        return past, follower
+            self._wakers.add(waker)
 
-    def unfollow(self, follower: Follower) -> None:
+    def remove_waker(self, waker: Waker) -> None:
         with self._ring_lock:
-            self._followers.discard(follower)
+            self._wakers.discard(waker)
 
     def follower_count(self) -> int:
         with self._ring_lock:
-            return len(self._followers)
+            return len(self._wakers)
 
-    def _recent_locked(self, matches: Matcher, lines: int) -> list[LogRecordEntry]:
-        if lines <= 0:
-            return []
-        picked: list[LogRecordEntry] = []
-        for entry in reversed(self._entries):
-            if matches(entry):
-                picked.append(entry)
-                if len(picked) == lines:
-                    break
-        picked.reverse()
-        return picked
+
+class Waker:
+    """Wakes one following stream on its own event loop, from any thread."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.event = asyncio.Event()
+
+    def wake(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self.event.set)
+        except RuntimeError:  # the loop is closed: the stream is gone
+            pass

@@ -13,13 +13,14 @@ import math
 import os
 import pathlib
 import sqlite3
+import tempfile
 import threading
 from typing import Any, Iterator
 
 SEED_ROWS = 10_000
 DEFAULT_BATCH_SIZE = 100
 MAX_BATCH_SIZE = 10_000
-DB_FILE_NAME = "query.sqlite3"
+DB_FILE_NAME = "query.db"  # the Go server's name too
 
 NOT_A_SINGLE_SELECT = "only a single SELECT statement is allowed"
 
@@ -29,8 +30,21 @@ class QueryRejected(ValueError):
 
 
 def seed_database(path: str) -> None:
-    """(Re)creates large_table with the contract's deterministic rows."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    """(Re)builds the file with the contract's rows, aside then renamed into place,
+    so the data is always exactly the contract's and never half-seeded."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, aside = tempfile.mkstemp(prefix=os.path.basename(path) + ".seed-", dir=directory)
+    os.close(fd)
+    try:
+        _seed(aside)
+        os.replace(aside, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(aside)
+
+
+def _seed(path: str) -> None:
     with contextlib.closing(sqlite3.connect(path)) as conn:
         with conn:  # one transaction
             conn.execute("DROP TABLE IF EXISTS large_table")
@@ -158,16 +172,17 @@ class QueryRun:
         self.closed = threading.Event()
 
     def start(self) -> int:
-        """Opens the connection, runs the statement and counts its rows."""
+        """Opens the connection, counts the statement's rows, then runs it."""
         with self._lock:
             self._check_running()
             self._conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
             self._conn.execute("PRAGMA query_only = ON")
             self._check_running()
-            self._cursor = self._conn.execute(self._statement)
-            self.columns = [d[0] for d in self._cursor.description or ()]
             # A newline before ")" keeps a trailing `-- comment` from eating it.
             (count,) = self._conn.execute(f"SELECT COUNT(*) FROM (\n{self._statement}\n)").fetchone()
+            self._check_running()
+            self._cursor = self._conn.execute(self._statement)
+            self.columns = [d[0] for d in self._cursor.description or ()]
             return int(count)
 
     def fetch(self) -> list[dict[str, str]]:

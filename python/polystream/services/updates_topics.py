@@ -1,9 +1,9 @@
 """Topic pub/sub for SubscribeToUpdates / PublishUpdate.
 
-Each subscriber owns a bounded queue. Updates have no log to resume from, so
-a full queue only ever drops (never blocks the publisher, never disconnects):
-with the `drop-oldest` policy the oldest queued update makes room, with every
-other policy the new update is refused. Drops are counted per stream.
+Each subscriber owns a bounded queue (--queue-size). Updates have no log to
+resume from, so whatever the events' --backpressure policy, a full queue
+refuses the new update (counted per stream) rather than blocking the
+publisher or the other subscribers; Go does the same (go/updates/topics.go).
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ class TopicUpdate:
 
 
 class TopicSubscriber:
-    def __init__(self, client_id: str, topics: frozenset[str], capacity: int, drop_oldest: bool) -> None:
-        self.client_id = client_id
+    def __init__(self, topics: frozenset[str], capacity: int) -> None:
         self.topics = topics
         self._capacity = capacity
-        self._drop_oldest = drop_oldest
         self._pending: collections.deque[TopicUpdate] = collections.deque()
         self._ready = asyncio.Event()
         self.dropped = 0
@@ -36,9 +34,7 @@ class TopicSubscriber:
         """Queues the update without waiting; False if it was refused."""
         if len(self._pending) >= self._capacity:
             self.dropped += 1
-            if not self._drop_oldest:
-                return False
-            self._pending.popleft()
+            return False
         self._pending.append(update)
         self._ready.set()
         return True
@@ -51,13 +47,12 @@ class TopicSubscriber:
 
 
 class TopicHub:
-    def __init__(self, queue_size: int, policy: str) -> None:
+    def __init__(self, queue_size: int) -> None:
         self._queue_size = queue_size
-        self._drop_oldest = policy == "drop-oldest"
         self._by_topic: dict[str, set[TopicSubscriber]] = collections.defaultdict(set)
 
-    def subscribe(self, client_id: str, topics: list[str]) -> TopicSubscriber:
-        subscriber = TopicSubscriber(client_id, frozenset(topics), self._queue_size, self._drop_oldest)
+    def subscribe(self, topics: frozenset[str]) -> TopicSubscriber:
+        subscriber = TopicSubscriber(topics, self._queue_size)
         for topic in subscriber.topics:
             self._by_topic[topic].add(subscriber)
         return subscriber
