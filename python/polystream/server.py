@@ -61,6 +61,15 @@ class _Rpc:
     cancelled: bool = False
 
 
+@dataclasses.dataclass(eq=False)
+class _Stream:
+    """A streaming RPC whose handler is an async generator, driven by `task`."""
+
+    task: asyncio.Task
+    in_handler: bool = False  # suspended inside the service's generator, not in a grpc write
+    cancelled_for_shutdown: bool = False
+
+
 class StreamGuard(grpc.aio.ServerInterceptor):
     """Ends every streaming RPC with UNAVAILABLE once graceful shutdown begins
     (the services know nothing about shutdown), counts requests and open
@@ -69,6 +78,7 @@ class StreamGuard(grpc.aio.ServerInterceptor):
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
         self._shutdown: Optional[asyncio.Future] = None  # resolved when shutdown begins
+        self._streams: set[_Stream] = set()  # open generator streams
         self.requests = 0
         self.active_streams = 0
 
@@ -77,8 +87,15 @@ class StreamGuard(grpc.aio.ServerInterceptor):
         return self.requests, self.active_streams
 
     def begin_shutdown(self) -> None:
-        if not self._shutdown_future().done():
-            self._shutdown_future().set_result(None)
+        if self._shutdown_future().done():
+            return
+        self._shutdown_future().set_result(None)
+        # A stream parked inside its handler (waiting on its own queue) is
+        # interrupted there; one parked in a grpc write notices after it.
+        for stream in self._streams:
+            if stream.in_handler:
+                stream.cancelled_for_shutdown = True
+                stream.task.cancel()
 
     @property
     def shutting_down(self) -> bool:
@@ -148,32 +165,34 @@ class StreamGuard(grpc.aio.ServerInterceptor):
             return writer
 
         async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            # Each step of the handler runs as a task so that shutdown can
-            # interrupt a handler parked on its own queue; cancelling the step
-            # runs the handler's cleanup.
             rpc = self._started(context, method, streaming=True)
+            if self.shutting_down:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            stream = _Stream(asyncio.current_task())
+            self._streams.add(stream)
             responses = behavior(request, context)
-            shutdown = self._shutdown_future()
-            step: Optional[asyncio.Future] = None
             try:
-                while not shutdown.done():
-                    step = asyncio.ensure_future(responses.__anext__())
-                    await asyncio.wait((step, shutdown), return_when=asyncio.FIRST_COMPLETED)
-                    if not step.done():
-                        break
+                while True:
+                    stream.in_handler = True
                     try:
-                        response = step.result()
+                        response = await responses.__anext__()
                     except StopAsyncIteration:
                         return
-                    step = None
+                    except asyncio.CancelledError:
+                        if not stream.cancelled_for_shutdown:
+                            raise
+                        stream.task.uncancel()
+                        break
+                    finally:
+                        stream.in_handler = False
                     yield response
+                    if self.shutting_down:  # it began while grpc was writing
+                        break
             except (asyncio.CancelledError, GeneratorExit):
                 rpc.cancelled = True
                 raise
             finally:
-                if step is not None and not step.done():
-                    step.cancel()
-                    await asyncio.wait((step,))
+                self._streams.discard(stream)
                 await responses.aclose()
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 

@@ -45,11 +45,19 @@ class StoredEvent:
     data: str
     payload: Optional[bytes]
     metadata: dict[str, str]
+    # Built once per channel and shared by every stream that delivers it (never mutated).
+    _protos: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def reaches(self, channel: str) -> bool:
         return not self.channels or channel in self.channels
 
     def to_proto(self, channel: str) -> events_pb2.Event:
+        event = self._protos.get(channel)
+        if event is None:
+            event = self._protos[channel] = self._build_proto(channel)
+        return event
+
+    def _build_proto(self, channel: str) -> events_pb2.Event:
         seconds, nanos = divmod(self.timestamp_ns, 1_000_000_000)
         event = events_pb2.Event(
             id=self.id,
