@@ -21,7 +21,7 @@ from conftest import eventually
 from polystream.config import ServerConfig
 from polystream.events.v1 import events_pb2 as pb
 from polystream.events.v1 import events_pb2_grpc as pb_grpc
-from polystream.server import server_options
+from polystream.server import StreamGuard, server_options
 from polystream.vendor import grpc_health_v1_pb2 as health_pb
 from polystream.vendor import grpc_health_v1_pb2_grpc as health_grpc
 from polystream.vendor import grpc_reflection_v1_pb2 as refl_pb
@@ -311,3 +311,82 @@ def test_main_rejects_bad_flags_with_exit_2():
     result = subprocess.run([sys.executable, "-c", code, "--backpressure", "sometimes"], capture_output=True, text=True, env=env, timeout=30)
     assert result.returncode == 2
     assert "--backpressure must be one of" in result.stderr
+
+
+# --- the shutdown guard with every handler shape ---
+
+
+async def test_shutdown_guard_ends_every_kind_of_stream_with_unavailable(open_channel):
+    """Handlers of each shape (async generators, context.write, client
+    streaming, bidi), parked on something of their own, all end with the
+    contract's UNAVAILABLE once shutdown begins."""
+    guard = StreamGuard(logging.getLogger("polystream.server"))
+    server = grpc.aio.server(interceptors=(guard,))
+    cleaned_up = []
+
+    async def park(name: str) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned_up.append(name)
+
+    async def generator(request, context):
+        yield b"first"
+        await park("generator")
+
+    async def writer(request, context):
+        await context.write(b"first")
+        await park("writer")
+
+    async def upload(request_iterator, context):
+        async for _ in request_iterator:
+            pass
+        return b"done"
+
+    async def bidi(request_iterator, context):
+        async for request in request_iterator:
+            yield request
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Shapes",
+                {
+                    "Generator": grpc.unary_stream_rpc_method_handler(generator),
+                    "Writer": grpc.unary_stream_rpc_method_handler(writer),
+                    "Upload": grpc.stream_unary_rpc_method_handler(upload),
+                    "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        channel = open_channel(f"127.0.0.1:{port}")
+        generator_call = channel.unary_stream("/test.Shapes/Generator")(b"")
+        writer_call = channel.unary_stream("/test.Shapes/Writer")(b"")
+        assert await generator_call.read() == b"first" and await writer_call.read() == b"first"
+        upload_call = channel.stream_unary("/test.Shapes/Upload")()
+        await upload_call.write(b"a")
+        bidi_call = channel.stream_stream("/test.Shapes/Bidi")()
+        await bidi_call.write(b"b")
+        assert await bidi_call.read() == b"b"
+        await eventually(lambda: guard.stats()[1] == 4, what="four open streams")
+
+        guard.begin_shutdown()
+        for call in (generator_call, writer_call, bidi_call):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call.read()
+            assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await upload_call
+        assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        await eventually(lambda: guard.stats()[1] == 0, what="no open streams")
+        assert sorted(cleaned_up) == ["generator", "writer"], "handlers' cleanup ran"
+        late = channel.unary_stream("/test.Shapes/Generator")(b"")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await late.read()
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, "no new stream once shutdown began"
+    finally:
+        await server.stop(None)
