@@ -19,6 +19,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/polystream/polystream/go/chat"
+	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -233,5 +236,35 @@ func TestStartFailsOnBusyPort(t *testing.T) {
 	cfg.Port = mustAtoi(t, port)
 	if _, err := Start(cfg, io.Discard); err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("Start on a busy port: %v, want address already in use", err)
+	}
+}
+
+func TestMessagesOverMaxSizeAreRefused(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxMessageSize = 1024
+	srv, _ := startServer(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	events := eventsv1.NewEventServiceClient(dial(t, srv.Addr()))
+	_, err := events.Broadcast(ctx, &eventsv1.BroadcastRequest{Event: &eventsv1.Event{Type: "big", Data: strings.Repeat("x", 2048)}})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a 2 KiB message with --max-message-size 1024: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	if _, err := events.Broadcast(ctx, &eventsv1.BroadcastRequest{Event: &eventsv1.Event{Type: "small"}}); err != nil {
+		t.Fatalf("a small message: %v", err)
+	}
+}
+
+func TestStatsCountRequestsAndActiveStreams(t *testing.T) {
+	stats := &rpcStats{}
+	stats.unary(context.Background(), nil, nil, func(context.Context, any) (any, error) { return nil, nil })
+	var during chat.Stats
+	stats.stream(nil, nil, nil, func(any, grpc.ServerStream) error {
+		during = stats.snapshot()
+		return nil
+	})
+	after := stats.snapshot()
+	if during.Requests != 2 || during.ActiveStreams != 1 || after.ActiveStreams != 0 {
+		t.Fatalf("during the stream %+v, after %+v; want 2 requests, 1 then 0 active streams", during, after)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/polystream/polystream/go/client"
@@ -111,6 +112,17 @@ func describe(err error) string {
 		return err.Error()
 	}
 	st := rpc.GRPCStatus()
-	text := strings.Replace(err.Error(), rpc.Error(), st.Message(), 1)
+	text := strings.Replace(err.Error(), rpc.Error(), clientSideText(st), 1)
 	return client.CodeName(st.Code()) + ": " + text
+}
+
+// clientSideText replaces grpc-go's texts for a deadline that passed on our
+// side with the one the Python CLI prints, so both CLIs say the same.
+func clientSideText(st *status.Status) string {
+	msg := st.Message()
+	if st.Code() == codes.DeadlineExceeded &&
+		(msg == context.DeadlineExceeded.Error() || strings.HasPrefix(msg, "stream terminated by RST_STREAM")) {
+		return "Deadline Exceeded"
+	}
+	return msg
 }

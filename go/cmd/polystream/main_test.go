@@ -17,6 +17,8 @@ func TestDescribeRPCErrors(t *testing.T) {
 		plain:                   "INVALID_ARGUMENT: client_id is required",
 		wrapped:                 "UNAVAILABLE: giving up after 3 retries: connection refused",
 		errors.New("job ended"): "job ended",
+		status.Error(codes.DeadlineExceeded, "context deadline exceeded"):                               "DEADLINE_EXCEEDED: Deadline Exceeded",
+		status.Error(codes.DeadlineExceeded, "stream terminated by RST_STREAM with error code: CANCEL"): "DEADLINE_EXCEEDED: Deadline Exceeded",
 	} {
 		if got := describe(err); got != want {
 			t.Errorf("describe(%v) = %q, want %q", err, got, want)
