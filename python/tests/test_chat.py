@@ -1,0 +1,407 @@
+"""ChatService against a real grpc.aio server on 127.0.0.1 (docs/contract.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import pathlib
+import socket
+import sys
+import uuid
+from typing import AsyncIterator, Awaitable, Callable
+
+import grpc
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from polystream.chat.v1 import chat_pb2 as pb  # noqa: E402
+from polystream.chat.v1 import chat_pb2_grpc  # noqa: E402
+from polystream.config import ServerConfig  # noqa: E402
+from polystream.services.chat import ChatService  # noqa: E402
+
+WAIT = 15.0  # upper bound for awaited conditions; never a speed assertion
+
+CHAT, JOIN, LEAVE, SYSTEM = pb.MESSAGE_TYPE_CHAT, pb.MESSAGE_TYPE_JOIN, pb.MESSAGE_TYPE_LEAVE, pb.MESSAGE_TYPE_SYSTEM
+
+
+@dataclasses.dataclass
+class Counters:
+    """The server-wide figures StreamMetrics reports, set by the test."""
+
+    requests: int = 0
+    active_streams: int = 0
+
+    def __call__(self) -> tuple[int, int]:
+        return self.requests, self.active_streams
+
+
+@dataclasses.dataclass
+class Running:
+    service: ChatService
+    stub: chat_pb2_grpc.ChatServiceStub
+    counters: Counters
+
+
+@pytest.fixture
+async def start_chat() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+    """Starts ChatService alone on a grpc.aio server; config fields as keywords."""
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+
+    async def start(**overrides: object) -> Running:
+        counters = Counters()
+        config = ServerConfig(**({"port": 0} | overrides))
+        service = ChatService(config, logging.getLogger("polystream.chat"), counters)
+        server = grpc.aio.server()
+        service.register(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await service.start()
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+        async def stop() -> None:
+            await channel.close()
+            await server.stop(0)
+            await service.close()
+
+        cleanups.append(stop)
+        return Running(service, chat_pb2_grpc.ChatServiceStub(channel), counters)
+
+    yield start
+    for stop in reversed(cleanups):
+        await stop()
+
+
+@pytest.fixture
+async def running(start_chat) -> Running:
+    return await start_chat()
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    async def wait() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(wait(), WAIT)
+    except asyncio.TimeoutError:
+        pytest.fail(f"timed out waiting for {what}")
+
+
+async def take(call, count: int) -> list:
+    async def collect() -> list:
+        got = []
+        async for message in call:
+            got.append(message)
+            if len(got) == count:
+                break
+        return got
+
+    return await asyncio.wait_for(collect(), WAIT)
+
+
+async def expect_error(call, code: grpc.StatusCode, message: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        if hasattr(call, "__aiter__"):
+            async for _ in call:
+                pass
+        else:
+            await call
+    assert (info.value.code(), info.value.details()) == (code, message)
+
+
+def is_uuid4(text: str) -> bool:
+    try:
+        return uuid.UUID(text).version == 4
+    except ValueError:
+        return False
+
+
+async def subscribe(running: Running, user: str, room: str = ""):
+    """Opens SubscribeMessages and returns it once the welcome (= joined) is in."""
+    call = running.stub.SubscribeMessages(pb.SubscribeRequest(user=user, room=room))
+    (welcome,) = await take(call, 1)
+    assert (welcome.type, welcome.user, welcome.sequence) == (SYSTEM, "system", 1)
+    assert welcome.content == f"welcome to {room or 'general'}, {user}"
+    assert welcome.room == (room or "general") and is_uuid4(welcome.id)
+    return call
+
+
+# --- unary --------------------------------------------------------------------------
+
+
+async def test_send_message_reaches_the_room(running: Running) -> None:
+    alice = await subscribe(running, "alice")
+    other_room = await subscribe(running, "carol", room="other")
+    response = await running.stub.SendMessage(pb.SendMessageRequest(user="bob", content="hi"))
+    assert is_uuid4(response.message_id) and response.timestamp.seconds > 0
+    (message,) = await take(alice, 1)
+    assert (message.id, message.user, message.content, message.room, message.type, message.sequence) == (
+        response.message_id,
+        "bob",
+        "hi",
+        "general",
+        CHAT,
+        2,
+    )
+    assert message.timestamp == response.timestamp
+    # carol's room gets only what is sent there.
+    await running.stub.SendMessage(pb.SendMessageRequest(user="bob", content="there", room="other"))
+    (message,) = await take(other_room, 1)
+    assert (message.content, message.room, message.sequence) == ("there", "other", 2)
+    alice.cancel()
+    other_room.cancel()
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        (pb.SendMessageRequest(content="hi"), "user is required"),
+        (pb.SendMessageRequest(), "user is required"),
+        (pb.SendMessageRequest(user="bob"), "content is required"),
+    ],
+)
+async def test_send_message_rejects_bad_input(running: Running, request_, message: str) -> None:
+    await expect_error(running.stub.SendMessage(request_), grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+# --- server streaming -----------------------------------------------------------------
+
+
+async def test_subscribe_requires_a_user(running: Running) -> None:
+    await expect_error(
+        running.stub.SubscribeMessages(pb.SubscribeRequest(room="r")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "user is required",
+    )
+
+
+async def test_join_and_leave_are_seen_by_others_never_by_oneself(running: Running) -> None:
+    alice = await subscribe(running, "alice", room="r")
+    bob = await subscribe(running, "bob", room="r")
+    (joined,) = await take(alice, 1)
+    assert (joined.type, joined.user, joined.room, joined.sequence) == (JOIN, "bob", "r", 2)
+    assert is_uuid4(joined.id)
+
+    # bob's next message is alice's chat, not his own JOIN.
+    await running.stub.SendMessage(pb.SendMessageRequest(user="alice", content="hello bob", room="r"))
+    (first_for_bob,) = await take(bob, 1)
+    assert (first_for_bob.type, first_for_bob.content, first_for_bob.sequence) == (CHAT, "hello bob", 2)
+    (own_chat,) = await take(alice, 1)
+    assert own_chat.content == "hello bob"
+
+    bob.cancel()
+    (left,) = await take(alice, 1)
+    assert (left.type, left.user, left.room, left.sequence) == (LEAVE, "bob", "r", 4)
+    await eventually(lambda: running.service.members("r") == 1, "bob to leave the room")
+    alice.cancel()
+    await eventually(lambda: running.service.members("r") == 0, "the room to empty")
+
+
+# --- client streaming --------------------------------------------------------------------
+
+
+async def test_upload_counts_and_delivers_to_each_room(running: Running) -> None:
+    general = await subscribe(running, "watcher")
+    elsewhere = await subscribe(running, "watcher", room="r2")
+
+    async def messages() -> AsyncIterator[pb.Message]:
+        yield pb.Message(user="u", content="one")
+        yield pb.Message(user="u", content="two", room="r2", id="client-id")
+        yield pb.Message(user="u", type=JOIN)  # content is only required of CHAT
+        yield pb.Message(user="u", content="three", room="general")
+
+    response = await running.stub.UploadMessages(messages())
+    assert (response.message_count, response.success) == (4, True)
+    got = await take(general, 3)
+    assert [(m.content, m.type, m.room) for m in got] == [("one", CHAT, "general"), ("", JOIN, "general"), ("three", CHAT, "general")]
+    assert [m.sequence for m in got] == [2, 3, 4]
+    (two,) = await take(elsewhere, 1)
+    assert (two.id, two.content, two.room) == ("client-id", "two", "r2")
+    general.cancel()
+    elsewhere.cancel()
+
+
+async def test_upload_of_nothing_counts_zero(running: Running) -> None:
+    async def nothing() -> AsyncIterator[pb.Message]:
+        return
+        yield
+
+    response = await running.stub.UploadMessages(nothing())
+    assert (response.message_count, response.success) == (0, True)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [(pb.Message(content="x"), "user is required"), (pb.Message(user="u", type=CHAT), "content is required")],
+)
+async def test_upload_rejects_a_bad_message(running: Running, bad: pb.Message, message: str) -> None:
+    async def messages() -> AsyncIterator[pb.Message]:
+        yield pb.Message(user="u", content="fine")
+        yield bad
+
+    await expect_error(running.stub.UploadMessages(messages()), grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+# --- bidirectional streaming ----------------------------------------------------------------
+
+
+async def test_chat_echoes_in_order_and_broadcasts_to_the_room(running: Running) -> None:
+    listener = await subscribe(running, "listener", room="lobby")
+    outgoing: asyncio.Queue[pb.Message | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[pb.Message]:
+        while (message := await outgoing.get()) is not None:
+            yield message
+
+    chat = running.stub.Chat(requests())
+    count = 50
+    for i in range(count):
+        # The first message's room is the stream's room; later ones go there too.
+        room = "lobby" if i == 0 else "ignored"
+        await outgoing.put(pb.Message(user="ann", content=f"m{i}", room=room, id="mine" if i == 1 else ""))
+    await outgoing.put(None)  # half-close
+
+    echoes = [m async for m in chat]  # ends when the server ends the stream (OK)
+    chats = [m for m in echoes if m.type == CHAT]
+    assert [m.content for m in chats] == [f"m{i}" for i in range(count)]
+    assert [m.sequence for m in echoes] == list(range(1, len(echoes) + 1))
+    assert all(m.room == "lobby" and m.user == "ann" and m.timestamp.seconds > 0 for m in chats)
+    assert chats[1].id == "mine" and is_uuid4(chats[0].id)
+    assert await chat.code() == grpc.StatusCode.OK
+
+    # The listener sees ann join, every message in order, then ann leave.
+    seen = await take(listener, count + 2)
+    assert (seen[0].type, seen[0].user) == (JOIN, "ann")
+    assert [m.content for m in seen[1:-1]] == [f"m{i}" for i in range(count)]
+    assert [m.id for m in seen[1:-1]] == [m.id for m in chats]
+    assert (seen[-1].type, seen[-1].user) == (LEAVE, "ann")
+    listener.cancel()
+
+
+async def test_two_chat_streams_see_each_other_not_themselves(running: Running) -> None:
+    queues = {name: asyncio.Queue() for name in ("ann", "ben")}
+
+    def requests(name: str):
+        async def gen() -> AsyncIterator[pb.Message]:
+            while (message := await queues[name].get()) is not None:
+                yield message
+
+        return gen()
+
+    ann = running.stub.Chat(requests("ann"))
+    await queues["ann"].put(pb.Message(user="ann", content="first", room="duo"))
+    (echo,) = await take(ann, 1)
+    assert (echo.content, echo.sequence) == ("first", 1)
+
+    ben = running.stub.Chat(requests("ben"))
+    await queues["ben"].put(pb.Message(user="ben", content="hello", room="duo"))
+    (ben_echo,) = await take(ben, 1)
+    assert (ben_echo.type, ben_echo.content, ben_echo.sequence) == (CHAT, "hello", 1)
+    got = await take(ann, 2)
+    assert [(m.type, m.user, m.content) for m in got] == [(JOIN, "ben", "ben joined"), (CHAT, "ben", "hello")]
+    assert [m.sequence for m in got] == [2, 3]
+
+    ben.cancel()
+    (left,) = await take(ann, 1)
+    assert (left.type, left.user) == (LEAVE, "ben")
+    await queues["ann"].put(None)
+    assert [m async for m in ann] == []
+    await eventually(lambda: running.service.members("duo") == 0, "the room to empty")
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [(pb.Message(content="x"), "user is required"), (pb.Message(user="u"), "content is required")],
+)
+async def test_chat_ends_with_the_rule_a_message_broke(running: Running, bad: pb.Message, message: str) -> None:
+    async def requests() -> AsyncIterator[pb.Message]:
+        yield pb.Message(user="u", content="ok")
+        yield bad
+
+    call = running.stub.Chat(requests())
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for echo in call:
+            assert echo.content == "ok"
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+async def test_chat_sends_keepalives(start_chat) -> None:
+    running = await start_chat(chat_keepalive=0.2)
+    outgoing: asyncio.Queue[pb.Message | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[pb.Message]:
+        while (message := await outgoing.get()) is not None:
+            yield message
+
+    chat = running.stub.Chat(requests())
+    (before_joining,) = await take(chat, 1)  # nothing sent yet: only a keep-alive can come
+    assert (before_joining.type, before_joining.user, before_joining.content, before_joining.sequence) == (
+        SYSTEM,
+        "system",
+        "keep-alive",
+        1,
+    )
+    await outgoing.put(pb.Message(user="kim", content="here", room="k"))
+    got = await take(chat, 3)
+    assert [m.sequence for m in got] == [2, 3, 4]
+    keepalives = [m for m in got if m.type == SYSTEM]
+    assert keepalives and all(m.content == "keep-alive" and m.room == "k" for m in keepalives)
+    assert [m.content for m in got if m.type == CHAT] == ["here"]
+    await outgoing.put(None)
+    async for _ in chat:
+        pass
+    assert await chat.code() == grpc.StatusCode.OK
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+NAMES = [
+    "process_cpu_percent",
+    "process_resident_memory_bytes",
+    "process_threads",
+    "server_requests_per_second",
+    "server_active_streams",
+]
+
+
+async def test_metrics_are_real_figures_of_the_process(running: Running) -> None:
+    running.counters.requests, running.counters.active_streams = 100, 3
+    call = running.stub.StreamMetrics(pb.MetricsRequest(instance_id="i-1", interval_seconds=1))
+    first = await take(call, 5)
+    running.counters.requests = 130  # 30 more before the second sample
+    second = await take(call, 5)
+    call.cancel()
+
+    for burst in (first, second):
+        assert [m.name for m in burst] == NAMES
+        assert len({(m.timestamp.seconds, m.timestamp.nanos) for m in burst}) == 1
+        for metric in burst:
+            expected = {"instance_id": "i-1", "language": "python"}
+            if metric.name == "process_threads":
+                expected["kind"] = "threads"
+            assert dict(metric.labels) == expected
+    assert [m.sequence for m in first + second] == list(range(1, 11))
+    values = {m.name: m.value for m in second}
+    assert values["process_resident_memory_bytes"] > 1_000_000
+    assert values["process_threads"] >= 1
+    assert values["process_cpu_percent"] >= 0
+    assert values["server_active_streams"] == 3
+    assert values["server_requests_per_second"] > 0  # 30 requests over the interval
+    assert second[0].timestamp.seconds >= first[0].timestamp.seconds
+
+
+async def test_metrics_default_instance_is_the_hostname(running: Running) -> None:
+    call = running.stub.StreamMetrics(pb.MetricsRequest())
+    burst = await take(call, 5)
+    call.cancel()
+    assert {m.labels["instance_id"] for m in burst} == {socket.gethostname()}
+
+
+async def test_metrics_reject_a_negative_interval(running: Running) -> None:
+    await expect_error(
+        running.stub.StreamMetrics(pb.MetricsRequest(interval_seconds=-1)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "interval_seconds must be >= 0, got -1",
+    )
