@@ -609,3 +609,29 @@ async def test_subscribe_multiple_resumes_with_its_first_request(start_server, o
     await call.write(pb.SubscribeRequest(client_id="m", last_event_id=ids[0]))
     assert [e.sequence for e in await read_until_sequence(call, 3)] == [2, 3]
     call.cancel()
+
+
+async def test_subscribe_multiple_half_close_delivers_what_is_queued_then_ends(start_server, open_channel):
+    server = await start_server(queue_size=50)
+    stub = connect(server, open_channel, NO_BDP)
+    call = stub.SubscribeMultiple()
+    await call.write(pb.SubscribeRequest(client_id="m"))
+    await call.initial_metadata()
+    publisher = connect(server, open_channel)
+    published = [await publish(publisher, data=BIG) for _ in range(12)]  # more than the window holds: some stay queued
+    await call.done_writing()
+    await eventually(lambda: _active(publisher, "m", 1), what="stream still open")  # sanity: not ended by the half-close alone
+    got = []
+    async for event in call:
+        got.append(event.sequence)
+    assert got == [p.sequence for p in published]
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_subscribe_multiple_checks_later_requests_like_the_first(start_server, open_channel):
+    stub = connect(await start_server(), open_channel)
+    call = stub.SubscribeMultiple()
+    await call.write(pb.SubscribeRequest(client_id="me"))
+    await call.initial_metadata()
+    await call.write(pb.SubscribeRequest(event_types=["a.*"]))
+    await expect_error(next_event(call), grpc.StatusCode.INVALID_ARGUMENT, "client_id is required")

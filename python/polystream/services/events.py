@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator
 
 import grpc
 from google.protobuf import any_pb2, timestamp_pb2
@@ -19,7 +19,7 @@ from polystream.config import ServerConfig
 from polystream.events.v1 import events_pb2, events_pb2_grpc
 from polystream.services.events_filter import PatternError, TypeFilter
 from polystream.services.events_log import Draft, EventLog, ReplayGap, Subscriber, Subscription
-from polystream.services.events_queue import Closed, DroppedMarker, QueueClosed, SubscriptionUpdated
+from polystream.services.events_queue import Closed, DroppedMarker, EndOfStream, QueueClosed, SubscriptionUpdated
 from polystream.services.events_store import SqliteEventStore, StoredEvent
 
 DEFAULT_CHANNEL = "default"
@@ -42,6 +42,7 @@ def _control(event_type: str, channel: str, metadata: dict[str, str]) -> events_
 
 
 def _heartbeat(channel: str, count: int) -> events_pb2.Event:
+    """Not part of the log; `count` numbers this stream's heartbeats."""
     event = events_pb2.Event(type="heartbeat", timestamp=_now(), channel=channel)
     event.payload.Pack(events_pb2.HeartbeatEvent(timestamp=event.timestamp, sequence=count))
     return event
@@ -175,29 +176,31 @@ class EventService(events_pb2_grpc.EventServiceServicer):
 
     async def _follow_updates(self, requests: AsyncIterator[events_pb2.SubscribeRequest], subscriber: Subscriber) -> None:
         """Applies later SubscribeMultiple requests; ends the stream at half-close or on a bad one."""
-        reason = Closed()
         try:
             async for request in requests:
+                channel, type_filter = _parse_subscription(request)  # same checks, same order, as the first
                 if request.client_id != subscriber.client_id:
                     raise BadRequest("client_id cannot change within a stream")
-                channel, type_filter = _parse_subscription(request)
                 self._log.update(subscriber, channel, type_filter)
         except BadRequest as exc:
-            reason = Closed(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            subscriber.queue.close(Closed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
         except asyncio.CancelledError:
             raise
         except Exception:  # the call itself failed (cancelled by the client, connection lost)
             self._logger.debug("SubscribeMultiple request stream ended abnormally", exc_info=True)
-        subscriber.queue.close(reason)
+            subscriber.queue.close()
+        else:
+            subscriber.queue.finish()  # half-close: deliver what is queued, then end
 
     async def _deliver(self, subscription: Subscription, heartbeat_interval: int, context: grpc.aio.ServicerContext) -> AsyncIterator[events_pb2.Event]:
-        """Replay, then live events, heartbeats and control events until the queue closes."""
+        """Replay, then live events, with heartbeats and control events, until the queue closes."""
         subscriber = subscription.subscriber
         # The client going away (cancel, deadline, lost connection) frees the
         # subscription at once, even while this generator is parked in a write.
         context.add_done_callback(lambda _: self._log.unsubscribe(subscriber))
-        channel = subscriber.channel  # the channel of what is queued; switches at each acknowledgement
         client_id = subscriber.client_id
+        beats = _Heartbeats(heartbeat_interval or DEFAULT_HEARTBEAT_SECONDS)
+        channel = subscriber.channel  # the channel of what is queued; switches at each acknowledgement
         self._logger.debug("subscribe client=%s channel=%s stream=%d", client_id, channel, subscriber.stream_id)
         try:
             # Headers now, not with the first event: the client learns that it is subscribed.
@@ -207,7 +210,24 @@ class EventService(events_pb2_grpc.EventServiceServicer):
             for stored in subscription.replay:
                 yield stored.to_proto(channel)
                 self._log.count_delivered(client_id)
-            async for item in self._live(subscriber, heartbeat_interval or DEFAULT_HEARTBEAT_SECONDS, context):
+                if beats.due():
+                    yield beats.next(channel)
+            queue = subscriber.queue
+            while True:
+                if beats.due():
+                    if queue.full:  # a heartbeat never takes a slot from an event
+                        beats.skip()
+                    else:
+                        yield beats.next(channel)
+                    continue
+                try:
+                    item = await queue.take(beats.remaining())
+                except QueueClosed as closed:
+                    if closed.reason.code is None:
+                        return
+                    await context.abort(closed.reason.code, closed.reason.details)
+                if item is None:
+                    continue
                 if isinstance(item, StoredEvent):
                     yield item.to_proto(channel)
                     self._log.count_delivered(client_id)
@@ -216,31 +236,32 @@ class EventService(events_pb2_grpc.EventServiceServicer):
                 elif isinstance(item, SubscriptionUpdated):
                     channel = item.channel
                     yield _updated_event(item)
-                else:  # a heartbeat, already built
-                    item.channel = channel
-                    yield item
+                elif isinstance(item, EndOfStream):
+                    return
         finally:
             self._log.unsubscribe(subscriber)
             self._logger.debug("unsubscribe client=%s stream=%d", client_id, subscriber.stream_id)
 
-    async def _live(self, subscriber: Subscriber, heartbeat_seconds: int, context: grpc.aio.ServicerContext):
-        loop = asyncio.get_running_loop()
-        queue = subscriber.queue
-        beats = 0
-        next_beat = loop.time() + heartbeat_seconds
-        while True:
-            now = loop.time()
-            if now >= next_beat:
-                next_beat = now + heartbeat_seconds
-                if not queue.full:  # a heartbeat never takes a slot from an event
-                    beats += 1
-                    yield _heartbeat("", beats)
-                continue
-            try:
-                item: Optional[object] = await queue.take(next_beat - now)
-            except QueueClosed as closed:
-                if closed.reason.code is None:
-                    return
-                await context.abort(closed.reason.code, closed.reason.details)
-            if item is not None:
-                yield item
+
+class _Heartbeats:
+    """A stream's heartbeat schedule: one every `interval` seconds; a late one is sent once, not caught up."""
+
+    def __init__(self, interval: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._interval = interval
+        self._next = self._loop.time() + interval
+        self._count = 0
+
+    def due(self) -> bool:
+        return self._loop.time() >= self._next
+
+    def remaining(self) -> float:
+        return max(0.0, self._next - self._loop.time())
+
+    def skip(self) -> None:
+        self._next = self._loop.time() + self._interval
+
+    def next(self, channel: str) -> events_pb2.Event:
+        self.skip()
+        self._count += 1
+        return _heartbeat(channel, self._count)

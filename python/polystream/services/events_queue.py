@@ -40,7 +40,13 @@ class SubscriptionUpdated:
     event_types: tuple[str, ...]
 
 
-QueueItem = Union[StoredEvent, DroppedMarker, SubscriptionUpdated]
+class EndOfStream:
+    """Queued by `finish`: everything before it is still delivered."""
+
+
+END_OF_STREAM = EndOfStream()
+
+QueueItem = Union[StoredEvent, DroppedMarker, SubscriptionUpdated, EndOfStream]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,6 +72,7 @@ class SubscriberQueue:
         self._items: collections.deque[QueueItem] = collections.deque()
         self._events = 0  # log events in _items
         self._closed: Optional[Closed] = None
+        self._finishing = False  # the client half-closed: queue nothing more, deliver the rest
         self._changed = asyncio.Event()  # set when an item arrives or the queue closes
         self._room: list[asyncio.Future] = []  # blocked publishers (policy block)
         self._on_drop = on_drop
@@ -86,7 +93,7 @@ class SubscriberQueue:
     def offer(self, event: StoredEvent) -> bool:
         """Queues `event` or applies the policy; True if the event was queued.
         With policy block a full queue returns False and the caller waits with `wait_for_room`."""
-        if self._closed is not None:
+        if self._closed is not None or self._finishing:
             return False
         if not self.full:
             self._append(event)
@@ -105,7 +112,7 @@ class SubscriberQueue:
     async def offer_within(self, event: StoredEvent, deadline: float) -> bool:
         """Policy block: waits for room until `deadline` (loop time), then disconnects."""
         loop = asyncio.get_running_loop()
-        while self._closed is None and self.full:
+        while self._closed is None and not self._finishing and self.full:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 self.overflow()
@@ -122,9 +129,15 @@ class SubscriberQueue:
         return self.offer(event)
 
     def push_control(self, item: QueueItem) -> None:
-        if self._closed is None:
+        if self._closed is None and not self._finishing:
             self._items.append(item)
             self._changed.set()
+
+    def finish(self) -> None:
+        """Ends the stream normally once what is already queued has been delivered."""
+        self.push_control(END_OF_STREAM)
+        self._finishing = True
+        self._wake_publishers()
 
     def overflow(self) -> None:
         """Ends a slow subscriber's stream; the client resumes from its last event id."""
