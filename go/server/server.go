@@ -93,6 +93,7 @@ func Start(cfg Config, logOutput io.Writer) (*Server, error) {
 
 	listener, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
 	if err != nil {
+		s.grpc.Stop()
 		s.closeServices()
 		return nil, err
 	}
