@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -17,7 +18,19 @@ import (
 	updatesv1 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// sharedDataDir holds one seeded database for the tests that do not test
+// seeding itself, so each test does not pay for a rebuild.
+var sharedDataDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "polystream-updates-test-")
+	if err != nil {
+		panic(err)
+	}
+	sharedDataDir = dir
+	defer os.RemoveAll(dir)
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) { os.RemoveAll(dir) }))
+}
 
 // env is one service on a real listener with a real client.
 type env struct {
@@ -34,6 +47,9 @@ func newEnv(t *testing.T, cfg Config) *env {
 	}
 	root := slog.New(cfg.Logs.Handler(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	cfg.Logger = root.With("service", "updates")
+	if cfg.DataDir == "" {
+		cfg.DataDir = sharedDataDir
+	}
 	svc, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -38,9 +38,10 @@ type queryDB struct {
 	active atomic.Int64 // queries running now (tests check cancellation with it)
 }
 
-// openQueryDB (re)builds dir/query.sqlite3 (the name Python uses too) with the contract's data and opens it
-// read-only. The file is rebuilt aside and renamed into place, so the data is
-// always exactly the contract's and a reader never sees a half-seeded file.
+// openQueryDB makes sure dir/query.sqlite3 (the name Python uses too) holds
+// exactly the contract's data, rebuilding it if not, and opens it read-only.
+// A rebuild happens aside and is renamed into place, so a reader never sees
+// a half-seeded file.
 func openQueryDB(dir string) (*queryDB, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -49,20 +50,21 @@ func openQueryDB(dir string) (*queryDB, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := os.CreateTemp(dir, "query.sqlite3.seed-")
-	if err != nil {
-		return nil, err
+	if !seeded(path) {
+		tmp, err := os.CreateTemp(dir, "query.sqlite3.seed-")
+		if err != nil {
+			return nil, err
+		}
+		tmp.Close()
+		defer os.Remove(tmp.Name())
+		if err := seed(tmp.Name()); err != nil {
+			return nil, fmt.Errorf("seed query database: %w", err)
+		}
+		if err := os.Rename(tmp.Name(), path); err != nil {
+			return nil, err
+		}
 	}
-	tmp.Close()
-	defer os.Remove(tmp.Name())
-	if err := seed(tmp.Name()); err != nil {
-		return nil, fmt.Errorf("seed query database: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return nil, err
-	}
-	dsn := (&url.URL{Scheme: "file", Path: path, RawQuery: "mode=ro&_pragma=busy_timeout(5000)"}).String()
-	db, err := sql.Open("sqlite", dsn)
+	db, err := sql.Open("sqlite", readOnlyDSN(path))
 	if err != nil {
 		return nil, err
 	}
@@ -73,6 +75,35 @@ func openQueryDB(dir string) (*queryDB, error) {
 		return nil, err
 	}
 	return &queryDB{db: db}, nil
+}
+
+func readOnlyDSN(path string) string {
+	return (&url.URL{Scheme: "file", Path: path, RawQuery: "mode=ro&_pragma=busy_timeout(5000)"}).String()
+}
+
+const createTable = `CREATE TABLE large_table (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value INTEGER NOT NULL)`
+
+// seeded reports whether path already holds exactly the contract's table and
+// nothing else, checked row by row inside SQLite.
+func seeded(path string) bool {
+	if _, err := os.Stat(path); err != nil {
+		return false
+	}
+	db, err := sql.Open("sqlite", readOnlyDSN(path))
+	if err != nil {
+		return false
+	}
+	defer db.Close()
+	var objects int
+	var schema string
+	if db.QueryRow(`SELECT COUNT(*), COALESCE(MAX(sql), '') FROM sqlite_master`).Scan(&objects, &schema) != nil ||
+		objects != 1 || schema != createTable {
+		return false
+	}
+	var rows, ids, names, values int
+	err = db.QueryRow(`SELECT COUNT(*), SUM(id BETWEEN 1 AND ?1), SUM(name = printf('item-%05d', id)),
+		SUM(value = (id * 7919) % 10007) FROM large_table`, queryRows).Scan(&rows, &ids, &names, &values)
+	return err == nil && rows == queryRows && ids == queryRows && names == queryRows && values == queryRows
 }
 
 // seed writes large_table: id 1..10000, name item-%05d, value (id*7919)%10007.
@@ -88,7 +119,7 @@ func seed(path string) error {
 		return err
 	}
 	defer tx.Rollback()
-	if _, err := tx.Exec(`CREATE TABLE large_table (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value INTEGER NOT NULL)`); err != nil {
+	if _, err := tx.Exec(createTable); err != nil {
 		return err
 	}
 	// One statement inside SQLite instead of 10,000 round trips.

@@ -2,6 +2,7 @@ package updates
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"math"
 	"os"
@@ -289,5 +290,38 @@ func TestQueryMemoryBounds(t *testing.T) {
 	res, err := query(t, e, "SELECT hex(zeroblob(450000)) AS v FROM large_table LIMIT 6", 2)
 	if err != nil || len(res) != 3 || len(res[0].GetRows()[0].GetColumns()["v"]) != 900000 {
 		t.Fatalf("small batches: %d batches, %v", len(res), err)
+	}
+}
+
+// A database that no longer holds the contract's data is rebuilt at start.
+func TestQueryReseedsChangedData(t *testing.T) {
+	dir := t.TempDir()
+	svc, err := New(Config{Logs: NewLogRing(10), DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Close()
+	path := filepath.Join(dir, "query.sqlite3")
+	if !seeded(path) {
+		t.Fatal("fresh database not recognised as seeded")
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("UPDATE large_table SET value = value + 1 WHERE id = 5000"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if seeded(path) {
+		t.Fatal("changed database still recognised as seeded")
+	}
+	e := newEnv(t, Config{DataDir: dir})
+	res, err := query(t, e, "SELECT value FROM large_table WHERE id = 5000", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res[0].GetRows()[0].GetColumns()["value"]; got != fmt.Sprint(5000*7919%10007) {
+		t.Fatalf("value %s after restart", got)
 	}
 }
