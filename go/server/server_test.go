@@ -268,3 +268,31 @@ func TestStatsCountRequestsAndActiveStreams(t *testing.T) {
 		t.Fatalf("during the stream %+v, after %+v; want 2 requests, 1 then 0 active streams", during, after)
 	}
 }
+
+// With --max-concurrent-streams 1 a second call on the same connection
+// waits for the first to end.
+func TestMaxConcurrentStreamsQueuesExtraCalls(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxConcurrentStreams = 1
+	srv, _ := startServer(t, cfg)
+	health := healthpb.NewHealthClient(dial(t, srv.Addr()))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	watchCtx, endWatch := context.WithCancel(ctx)
+	watch, err := health.Watch(watchCtx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelShort()
+	if _, err := health.Check(short, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("a second call while one stream is open: %v, want it to wait (DEADLINE_EXCEEDED)", err)
+	}
+	endWatch()
+	if _, err := health.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("after the stream ended: %v", err)
+	}
+}
