@@ -20,6 +20,9 @@ const (
 	defaultStepMS    = 200
 	maxStepMS        = 60000
 	keepFinishedJobs = 1000
+	// maxRunningJobs bounds the memory and goroutines that StartJob calls
+	// can pin (finished jobs are bounded by keepFinishedJobs).
+	maxRunningJobs = 10000
 )
 
 // jobState is one observable state of a job; version grows on every change so a
@@ -81,6 +84,9 @@ func (m *jobManager) start(name string, steps, stepMS, failAt int) (*job, error)
 	defer m.mu.Unlock()
 	if m.closed {
 		return nil, errClosing
+	}
+	if len(m.jobs)-len(m.finished) >= maxRunningJobs {
+		return nil, status.Errorf(codes.ResourceExhausted, "too many running jobs (%d)", maxRunningJobs)
 	}
 	m.next++
 	j := &job{

@@ -262,3 +262,25 @@ func TestJobCloseCancels(t *testing.T) {
 		t.Fatalf("after Close: %v", got)
 	}
 }
+
+// Running jobs are bounded; finishing one makes room.
+func TestJobRunningLimit(t *testing.T) {
+	e := newEnv(t, Config{})
+	m := e.svc.jobs
+	var first *job
+	for i := range maxRunningJobs {
+		j, err := m.start("", 1, maxStepMS, 0)
+		if err != nil {
+			t.Fatalf("job %d: %v", i+1, err)
+		}
+		if first == nil {
+			first = j
+		}
+	}
+	_, err := e.client.StartJob(ctxT(t), &updatesv1.StartJobRequest{})
+	wantStatus(t, err, codes.ResourceExhausted, "too many running jobs (10000)")
+	m.cancel(first)
+	if _, err := e.client.StartJob(ctxT(t), &updatesv1.StartJobRequest{}); err != nil {
+		t.Fatal(err)
+	}
+}
