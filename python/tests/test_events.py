@@ -635,3 +635,23 @@ async def test_subscribe_multiple_checks_later_requests_like_the_first(start_ser
     await call.initial_metadata()
     await call.write(pb.SubscribeRequest(event_types=["a.*"]))
     await expect_error(next_event(call), grpc.StatusCode.INVALID_ARGUMENT, "client_id is required")
+
+
+async def test_a_publisher_giving_up_does_not_leave_its_event_half_delivered(start_server, open_channel, tmp_path):
+    server = await start_server(queue_size=4, backpressure="block", publish_timeout=30.0, data_dir=str(tmp_path))
+    stub = connect(server, open_channel)
+    slow = await stalled_subscriber(server, open_channel)
+    pending = None
+    for _ in range(200):
+        attempt = asyncio.create_task(publish(stub, data=BIG))
+        done, _ = await asyncio.wait({attempt}, timeout=1.0)
+        if not done:
+            pending = attempt
+            break
+    assert pending is not None, "the publisher never had to wait"
+    pending.cancel()  # the client gives up (RST_STREAM) while the server waits for room
+    got, reader = collect(slow)
+    after = await publish(stub, data=BIG)
+    await eventually(lambda: got and got[-1].sequence == after.sequence, what="all events read")
+    reader.cancel()
+    assert [e.sequence for e in got] == list(range(1, after.sequence + 1)), "the abandoned publish still reached the subscriber"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from typing import AsyncIterator
 
@@ -18,7 +19,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 from polystream.config import ServerConfig
 from polystream.events.v1 import events_pb2, events_pb2_grpc
 from polystream.services.events_filter import PatternError, TypeFilter
-from polystream.services.events_log import Draft, EventLog, ReplayGap, Subscriber, Subscription
+from polystream.services.events_log import Draft, EventLog, LogClosed, ReplayGap, Subscriber, Subscription
 from polystream.services.events_queue import Closed, DroppedMarker, EndOfStream, QueueClosed, SubscriptionUpdated
 from polystream.services.events_store import SqliteEventStore, StoredEvent
 
@@ -121,12 +122,20 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         draft = Draft(
             id=event.id,
             type=event.type,
-            channels=tuple(dict.fromkeys(c or DEFAULT_CHANNEL for c in request.target_channels)),
+            channels=tuple(sorted({c or DEFAULT_CHANNEL for c in request.target_channels})),
             data=event.data,
             payload=event.payload.SerializeToString() if event.HasField("payload") else None,
             metadata=dict(event.metadata),
         )
-        published = await self._log.publish(draft)
+        # Shielded: once the event is going into the log, a client that gives
+        # up must not leave it half-stored or half-delivered.
+        try:
+            published = await asyncio.shield(self._log.publish(draft))
+        except LogClosed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except sqlite3.Error as exc:
+            self._logger.error("broadcast failed", extra={"error": str(exc)})
+            await context.abort(grpc.StatusCode.INTERNAL, f"event log: {exc}")
         self._logger.debug("published %s seq=%d recipients=%d", published.event_id, published.sequence, published.recipients)
         return events_pb2.BroadcastResponse(
             recipients=published.recipients, event_id=published.event_id, sequence=published.sequence

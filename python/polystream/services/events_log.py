@@ -24,6 +24,10 @@ from polystream.services.events_store import SqliteEventStore, StoredEvent
 FORGOTTEN_CLIENTS = 10_000  # stats kept for clients without open streams
 
 
+class LogClosed(Exception):
+    pass
+
+
 @dataclasses.dataclass(slots=True)
 class ClientStats:
     events_received: int = 0
@@ -98,6 +102,7 @@ class EventLog:
         self._clients: dict[str, ClientStats] = {}
         self._idle_clients: collections.OrderedDict[str, ClientStats] = collections.OrderedDict()
         self._publish_lock = asyncio.Lock()
+        self._closed = False
 
     async def open(self) -> None:
         if self._store is not None:
@@ -105,15 +110,19 @@ class EventLog:
                 self._remember(event)
 
     async def close(self) -> None:
+        self._closed = True
         for subscriber in list(self._subscribers.values()):
-            subscriber.queue.close()
-        if self._store is not None:
-            await self._store.close()
+            subscriber.queue.close()  # also releases publishers waiting for room
+        async with self._publish_lock:  # let a publish in flight finish with the store
+            if self._store is not None:
+                await self._store.close()
 
     # --- publishing ---
 
     async def publish(self, draft: Draft) -> Published:
         async with self._publish_lock:
+            if self._closed:
+                raise LogClosed("event log is closed")
             known = self._by_id.get(draft.id) if draft.id else None
             if known is not None:  # idempotent retry: nothing appended, nothing delivered
                 return Published(0, known.id, known.sequence)
