@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
 	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
@@ -381,10 +382,13 @@ func TestSlowSubscriberDoesNotHoldUpRoom(t *testing.T) {
 	ctx := ctxT(t)
 	stalledCtx, cancelStalled := context.WithCancel(ctx)
 	defer cancelStalled()
-	subscribe(t, stalledCtx, e, "busy", "stalled") // never read again
+	// Its own connection with static HTTP/2 windows, so what the transport
+	// can buffer for it is bounded and its queue must fill.
+	stalledConn := e.dial(t, grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	subscribe(t, stalledCtx, stalledConn, "busy", "stalled") // never read again
 	fast := subscribe(t, ctx, e, "busy", "fast")
 	big := string(make([]byte, 32<<10))
-	for i := range 600 { // far more than its queue and HTTP/2 windows hold
+	for i := range 400 { // far more than its queue (256) and windows hold
 		big = big[:len(big)-1] + "x"
 		if _, err := e.client.SendMessage(ctx, &chatv1.SendMessageRequest{User: "p", Room: "busy", Content: big}); err != nil {
 			t.Fatal(err)

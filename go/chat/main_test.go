@@ -21,6 +21,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type env struct {
 	svc    *Service
 	client chatv1.ChatServiceClient
+	addr   string
 }
 
 func newEnv(t *testing.T, cfg Config) *env {
@@ -42,7 +43,18 @@ func newEnv(t *testing.T, cfg Config) *env {
 		srv.Stop()
 		svc.Close()
 	})
-	return &env{svc: svc, client: chatv1.NewChatServiceClient(conn)}
+	return &env{svc: svc, client: chatv1.NewChatServiceClient(conn), addr: lis.Addr().String()}
+}
+
+// dial opens another client connection to e, closed with the test.
+func (e *env) dial(t *testing.T, opts ...grpc.DialOption) *env {
+	t.Helper()
+	conn, err := grpc.NewClient(e.addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &env{svc: e.svc, client: chatv1.NewChatServiceClient(conn), addr: e.addr}
 }
 
 func ctxT(t *testing.T) context.Context {
