@@ -71,6 +71,7 @@ func New(cfg Config) (*Service, error) {
 	}
 	q, err := openQueryDB(dir)
 	if err != nil {
+		s.cancel()
 		if s.tmpDir != "" {
 			os.RemoveAll(s.tmpDir)
 		}
