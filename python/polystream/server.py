@@ -310,7 +310,7 @@ class RunningServer:
         if self._stopped:
             return
         self._stopped = True
-        log.info("shutting down", extra={"grace": str(self.config.shutdown_grace)})
+        log.info("shutting down", extra={"grace": f"{self.config.shutdown_grace:g}s"})
         self._health.set_all(health_pb.HealthCheckResponse.NOT_SERVING)
         await asyncio.sleep(0)  # let health watchers take NOT_SERVING before their stream ends
         self._guard.begin_shutdown()
@@ -318,6 +318,7 @@ class RunningServer:
         for service in (self.chat, self.updates, self.events):
             if service is not None:
                 await service.close()
+        log.info("stopped")
         if self._log_handler is not None:
             logging.getLogger("polystream").removeHandler(self._log_handler)
 
@@ -329,9 +330,6 @@ async def start_server(config: ServerConfig) -> RunningServer:
     events = EventService(config, logging.getLogger("polystream.events"))
     updates = UpdatesService(config, logging.getLogger("polystream.updates"))
     chat = ChatService(config, logging.getLogger("polystream.chat"), guard.stats) if ChatService else None
-    log_handler = getattr(updates, "log_handler", None)
-    if log_handler is not None:  # TailLogs reads the server's own records
-        root_logger.addHandler(log_handler)
 
     server = grpc.aio.server(interceptors=(guard,), options=server_options(config))
     health = HealthService(SERVICE_NAMES)
@@ -340,12 +338,28 @@ async def start_server(config: ServerConfig) -> RunningServer:
         service.register(server)
     health.register(server)
     reflection.ServerReflection((*SERVICE_NAMES, "grpc.health.v1.Health")).register(server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    try:
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
+    except RuntimeError:  # grpcio's way of saying the bind failed
+        port = 0
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
-    for service in services:
-        await service.start()
-    await server.start()
+    log_handler = getattr(updates, "log_handler", None)
+    if log_handler is not None:  # TailLogs reads the server's own records
+        root_logger.addHandler(log_handler)
+    started = []
+    try:
+        for service in services:
+            await service.start()
+            started.append(service)
+        await server.start()
+    except BaseException:  # e.g. the event database cannot be opened: undo what was started
+        await server.stop(None)
+        for service in reversed(started):
+            await service.close()
+        if log_handler is not None:
+            root_logger.removeHandler(log_handler)
+        raise
     host = f"[{config.host}]" if ":" in config.host else config.host
     address = f"{host}:{port}"
     log.info("listening", extra={"address": address})
@@ -385,7 +399,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     _configure_logging(config.log_level)
     try:
         asyncio.run(_serve(config))
-    except OSError as exc:
+    except Exception as exc:  # could not start (port taken, data dir unusable): say why, exit 1
         print(f"polystream: {exc}", file=sys.stderr)
         return 1
     return 0

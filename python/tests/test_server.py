@@ -390,3 +390,18 @@ async def test_shutdown_guard_ends_every_kind_of_stream_with_unavailable(open_ch
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, "no new stream once shutdown began"
     finally:
         await server.stop(None)
+
+
+async def test_a_port_in_use_is_an_error(start_server):
+    taken = await start_server()
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{taken.port}"):
+        await start_server(port=taken.port)
+
+
+async def test_an_unusable_data_dir_fails_the_start_cleanly(start_server, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    handlers = list(logging.getLogger("polystream").handlers)
+    with pytest.raises(OSError):
+        await start_server(data_dir=str(not_a_dir))
+    assert logging.getLogger("polystream").handlers == handlers
