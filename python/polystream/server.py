@@ -21,16 +21,12 @@ from polystream import reflection
 from polystream.config import ServerConfig
 from polystream.chat.v1 import chat_pb2  # noqa: F401  (descriptors for reflection)
 from polystream.events.v1 import events_pb2  # noqa: F401
+from polystream.services.chat import ChatService
 from polystream.services.events import EventService
 from polystream.updates.v1 import updates_pb2  # noqa: F401
 from polystream.services.updates import UpdatesService
 from polystream.vendor import grpc_health_v1_pb2 as health_pb
 from polystream.vendor import grpc_health_v1_pb2_grpc as health_grpc
-
-try:  # TEMPORARY: chat.py is being written in parallel; drop this guard once it exists.
-    from polystream.services.chat import ChatService
-except ImportError:  # pragma: no cover
-    ChatService = None  # type: ignore[assignment,misc]
 
 SHUTTING_DOWN = "server is shutting down"
 SERVICE_NAMES = (
@@ -292,8 +288,8 @@ class RunningServer:
     address: str  # "HOST:PORT"
     port: int
     events: EventService
-    updates: Any
-    chat: Any
+    updates: UpdatesService
+    chat: ChatService
     config: ServerConfig
     _server: grpc.aio.Server
     _guard: StreamGuard
@@ -316,8 +312,7 @@ class RunningServer:
         self._guard.begin_shutdown()
         await self._server.stop(self.config.shutdown_grace)
         for service in (self.chat, self.updates, self.events):
-            if service is not None:
-                await service.close()
+            await service.close()
         log.info("stopped")
         if self._log_handler is not None:
             logging.getLogger("polystream").removeHandler(self._log_handler)
@@ -329,11 +324,11 @@ async def start_server(config: ServerConfig) -> RunningServer:
     guard = StreamGuard(log)
     events = EventService(config, logging.getLogger("polystream.events"))
     updates = UpdatesService(config, logging.getLogger("polystream.updates"))
-    chat = ChatService(config, logging.getLogger("polystream.chat"), guard.stats) if ChatService else None
+    chat = ChatService(config, logging.getLogger("polystream.chat"), guard.stats)
 
     server = grpc.aio.server(interceptors=(guard,), options=server_options(config))
     health = HealthService(SERVICE_NAMES)
-    services = [s for s in (events, updates, chat) if s is not None]
+    services = [events, updates, chat]
     for service in services:
         service.register(server)
     health.register(server)

@@ -405,3 +405,45 @@ async def test_an_unusable_data_dir_fails_the_start_cleanly(start_server, tmp_pa
     with pytest.raises(OSError):
         await start_server(data_dir=str(not_a_dir))
     assert logging.getLogger("polystream").handlers == handlers
+
+
+async def test_graceful_shutdown_ends_the_long_lived_streams_of_every_service(start_server, open_channel):
+    from polystream.chat.v1 import chat_pb2, chat_pb2_grpc
+    from polystream.updates.v1 import updates_pb2, updates_pb2_grpc
+
+    server = await start_server(shutdown_grace=2.0)
+    channel = open_channel(server.address)
+    chat = chat_pb2_grpc.ChatServiceStub(channel)
+    updates = updates_pb2_grpc.StreamServiceStub(channel)
+    events = pb_grpc.EventServiceStub(channel)
+
+    messages = chat.SubscribeMessages(chat_pb2.SubscribeRequest(room="r", user="ann"))
+    await messages.read()  # the welcome
+    bidi = chat.Chat()
+    await bidi.write(chat_pb2.Message(user="bob", content="hi", room="r"))
+    await bidi.read()  # the echo
+    upload = chat.UploadMessages()
+    await upload.write(chat_pb2.Message(user="cid", content="one", room="r"))
+    metrics = chat.StreamMetrics(chat_pb2.MetricsRequest(interval_seconds=60))
+    await metrics.read()
+    topics = updates.SubscribeToUpdates(updates_pb2.SubscribeRequest(topics=["t"], client_id="u"))
+    await topics.initial_metadata()
+    job = await updates.StartJob(updates_pb2.StartJobRequest(steps=1000, step_duration_ms=60_000))
+    watch = updates.WatchJobProgress(updates_pb2.JobRequest(job_id=job.job_id))
+    await watch.read()
+    tail = updates.TailLogs(updates_pb2.LogRequest(follow=True))
+    await tail.initial_metadata()
+    subscribe = events.Subscribe(pb.SubscribeRequest(client_id="e"))
+    await subscribe.initial_metadata()
+    await eventually(lambda: server.stats()[1] == 8, what="eight open streams")
+
+    await server.stop()
+    for name, call in [("SubscribeMessages", messages), ("Chat", bidi), ("StreamMetrics", metrics), ("SubscribeToUpdates", topics),
+                       ("WatchJobProgress", watch), ("TailLogs", tail), ("Subscribe", subscribe)]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.UNAVAILABLE, "server is shutting down"), name
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await upload
+    assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.UNAVAILABLE, "server is shutting down")
