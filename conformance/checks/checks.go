@@ -374,7 +374,7 @@ func Backoff(_ context.Context, in *Input, p config.Params) Result {
 	if tol == 0 {
 		tol = 50 * time.Millisecond
 	}
-	exp := fmt.Sprintf("retry k waits base %dms × %.1f^k, jitter ±%.0f%%, never above max %dms; at least 1 retry", p.BaseMS, mult, p.Jitter*100, p.MaxMS)
+	exp := fmt.Sprintf("retry k waits min(max %dms, base %dms × %.1f^k) × (1 ± %.0f%% jitter); at least 1 retry", p.MaxMS, p.BaseMS, mult, p.Jitter*100)
 	return each(in, exp, func(_ int, o *driver.Observations) (bool, string) {
 		k := 0
 		retries := 0
@@ -391,13 +391,13 @@ func Backoff(_ context.Context, in *Input, p config.Params) Result {
 			retries++
 			ideal := float64(p.BaseMS) * math.Pow(mult, float64(k))
 			lo := math.Min(ideal, float64(p.MaxMS)) * (1 - p.Jitter)
-			hi := math.Min(ideal*(1+p.Jitter), float64(p.MaxMS))
+			hi := math.Min(ideal, float64(p.MaxMS)) * (1 + p.Jitter)
 			delays = append(delays, fmt.Sprintf("%dms", d.GetDelayMs()))
 			if float64(d.GetDelayMs()) < lo-1 || float64(d.GetDelayMs()) > hi+1 {
 				return false, fmt.Sprintf("retry %d announced delay %dms, outside %.0f..%.0fms (delays %s)", k+1, d.GetDelayMs(), lo, hi, strings.Join(delays, ","))
 			}
 			if i+1 < len(o.All) {
-				gap := o.All[i+1].At.Sub(ob.At)
+				gap := obsTime(o.All[i+1]).Sub(obsTime(ob))
 				if gap+tol < time.Duration(d.GetDelayMs())*time.Millisecond {
 					return false, fmt.Sprintf("retry %d announced %dms but the next observation came after %v", k+1, d.GetDelayMs(), gap.Round(time.Millisecond))
 				}
@@ -409,6 +409,15 @@ func Backoff(_ context.Context, in *Input, p config.Params) Result {
 		}
 		return true, "delays " + strings.Join(delays, ",")
 	})
+}
+
+// obsTime is when the client saw it (its own clock: same kernel as the
+// harness), or when the harness got it.
+func obsTime(o driver.Obs) time.Time {
+	if n := o.O.GetAtUnixNanos(); n > 0 {
+		return time.Unix(0, n)
+	}
+	return o.At
 }
 
 // NoRetry: the client did not retry (a non-retryable status): no

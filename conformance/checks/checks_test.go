@@ -100,9 +100,13 @@ func TestBackoff(t *testing.T) {
 	if r := Backoff(context.Background(), in, p); !r.Pass {
 		t.Errorf("in bounds: %+v", r)
 	}
-	in = &Input{Sessions: []driver.Observations{obs(100, 200, 400, 800, 932)}}
+	in = &Input{Sessions: []driver.Observations{obs(100, 200, 400, 800, 990)}}
 	if r := Backoff(context.Background(), in, p); r.Pass {
-		t.Errorf("above max passed: %+v", r)
+		t.Errorf("above max × (1 + jitter) passed: %+v", r)
+	}
+	in = &Input{Sessions: []driver.Observations{obs(100, 200, 250)}}
+	if r := Backoff(context.Background(), in, p); r.Pass {
+		t.Errorf("short delay passed: %+v", r)
 	}
 }
 

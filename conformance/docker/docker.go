@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"strconv"
@@ -44,7 +45,10 @@ type Env struct {
 	network *testcontainers.DockerNetwork
 	cli     *testcontainers.DockerClient
 
+	subnet netip.Prefix
+
 	mu         sync.Mutex
+	nextIP     int
 	containers []*Container
 }
 
@@ -55,12 +59,37 @@ func NewEnv(ctx context.Context, runID string) (*Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
-	nw, err := tcnetwork.New(ctx, tcnetwork.WithLabels(map[string]string{LabelKey: runID}))
-	if err != nil {
-		cli.Close()
-		return nil, fmt.Errorf("create network: %w", err)
+	// A subnet of our own, so every container keeps a fixed address across
+	// stop/start: gRPC clients re-resolve a name at most every 30 s, so a
+	// server that came back on another address would look down for that long.
+	var nw *testcontainers.DockerNetwork
+	var subnet netip.Prefix
+	for try := 0; ; try++ {
+		subnet = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 213, byte(rand.IntN(256)), 0}), 24)
+		nw, err = tcnetwork.New(ctx, tcnetwork.WithLabels(map[string]string{LabelKey: runID}),
+			tcnetwork.WithIPAM(&network.IPAM{Driver: "default", Config: []network.IPAMConfig{{Subnet: subnet}}}))
+		if err == nil {
+			break
+		}
+		if try == 20 {
+			cli.Close()
+			return nil, fmt.Errorf("create network: %w", err)
+		}
 	}
-	return &Env{RunID: runID, network: nw, cli: cli}, nil
+	return &Env{RunID: runID, network: nw, cli: cli, subnet: subnet, nextIP: 10}, nil
+}
+
+// allocIP returns the next fixed address of the run's subnet.
+func (e *Env) allocIP() netip.Addr {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	b := e.subnet.Addr().As4()
+	b[3] = byte(e.nextIP)
+	e.nextIP++
+	if e.nextIP > 250 {
+		e.nextIP = 10 // containers come and go; 240 live at once is plenty
+	}
+	return netip.AddrFrom4(b)
 }
 
 // NetworkName is the run's network.
@@ -99,6 +128,7 @@ type Container struct {
 	env  *Env
 	spec Spec
 	c    testcontainers.Container
+	ip   netip.Addr
 	// Logs keeps the container's output for reports.
 	mu     sync.Mutex
 	paused bool
@@ -111,6 +141,7 @@ func (e *Env) Start(ctx context.Context, spec Spec) (*Container, error) {
 	if spec.Ready == 0 {
 		spec.Ready = 30 * time.Second
 	}
+	ip := e.allocIP()
 	port := fmt.Sprintf("%d/tcp", spec.Port)
 	nport, err := network.ParsePort(port)
 	if err != nil {
@@ -123,6 +154,11 @@ func (e *Env) Start(ctx context.Context, spec Spec) (*Container, error) {
 			hc.PortBindings = network.PortMap{nport: {{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: "0"}}}
 		}),
 		tcnetwork.WithNetwork([]string{spec.Alias}, e.network),
+		testcontainers.WithEndpointSettingsModifier(func(m map[string]*network.EndpointSettings) {
+			if es := m[e.network.Name]; es != nil {
+				es.IPAMConfig = &network.EndpointIPAMConfig{IPv4Address: ip}
+			}
+		}),
 		// Only "the port is published": readiness is checked over gRPC below,
 		// since a scratch image has no shell for the internal port check.
 		testcontainers.WithWaitStrategy(wait.ForMappedPort(port).WithStartupTimeout(spec.Ready)),
@@ -135,7 +171,7 @@ func (e *Env) Start(ctx context.Context, spec Spec) (*Container, error) {
 	}
 	tc, err := testcontainers.Run(ctx, spec.Image, opts...)
 	if tc != nil {
-		c := &Container{env: e, spec: spec, c: tc}
+		c := &Container{env: e, spec: spec, c: tc, ip: ip}
 		e.mu.Lock()
 		e.containers = append(e.containers, c)
 		e.mu.Unlock()
@@ -303,7 +339,7 @@ func (c *Container) Disconnect(ctx context.Context) error {
 func (c *Container) Connect(ctx context.Context) error {
 	_, err := c.env.cli.NetworkConnect(ctx, c.env.network.ID, client.NetworkConnectOptions{
 		Container:      c.ID(),
-		EndpointConfig: &network.EndpointSettings{Aliases: []string{c.spec.Alias}},
+		EndpointConfig: &network.EndpointSettings{Aliases: []string{c.spec.Alias}, IPAMConfig: &network.EndpointIPAMConfig{IPv4Address: c.ip}},
 	})
 	return err
 }

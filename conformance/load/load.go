@@ -85,7 +85,9 @@ func Run(ctx context.Context, p *config.LoadProfile, addr, protoset, dir, name s
 	if dur == 0 || dur > 60*time.Second {
 		dur = 60 * time.Second
 	}
-	opts = append(opts, runner.WithTotalRequests(total), runner.WithRunDuration(dur))
+	// At the end of the duration, in-flight calls finish ("wait") instead of
+	// being cut off and counted as errors.
+	opts = append(opts, runner.WithTotalRequests(total), runner.WithRunDuration(dur), runner.WithDurationStopAction("wait"))
 	if p.Timeout > 0 {
 		opts = append(opts, runner.WithTimeout(p.Timeout.D()))
 	}
