@@ -312,7 +312,7 @@ def test_watch_job_that_fails_exits_1(cli):
 
 
 def test_start_cancel_and_watch_a_job(cli):
-    job_id = cli.ok("start-job", "--name", "long", "--steps", "100", "--step-ms", "1000")[0]["job_id"]
+    job_id = cli.ok("start-job", "--name", "long", "--steps", "100", "--step-ms", "60000")[0]["job_id"]
     assert re.fullmatch(r"job-\d+", job_id)
     cancelled = cli.ok("cancel-job", "--job-id", job_id)[0]
     assert cancelled == {"job_id": job_id, "status": "JOB_STATUS_CANCELLED"}

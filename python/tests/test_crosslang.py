@@ -312,7 +312,7 @@ def test_jobs(pairs):
     def scenario(_pair: str, cli: Cli):
         done = cli("watch-job", "--start", "--name", "x", "--steps", "3", "--step-ms", "20", timeout=30)
         failed = cli("watch-job", "--start", "--steps", "4", "--step-ms", "20", "--fail-at", "2", timeout=30)
-        job_id = cli.ok("start-job", "--steps", "100", "--step-ms", "1000")[0]["job_id"]
+        job_id = cli.ok("start-job", "--steps", "100", "--step-ms", "60000")[0]["job_id"]
         cancelled = cli.ok("cancel-job", "--job-id", job_id)[0]
         watched = cli("watch-job", "--job-id", job_id)
         assert "100.0%" in done.stderr or "100%" in done.stderr, done.describe()
