@@ -190,7 +190,7 @@ class EventService(events_pb2_grpc.EventServiceServicer):
                 channel, type_filter = _parse_subscription(request)  # same checks, same order, as the first
                 if request.client_id != subscriber.client_id:
                     raise BadRequest("client_id cannot change within a stream")
-                self._log.update(subscriber, channel, type_filter)
+                await self._log.update(subscriber, channel, type_filter)  # one update in flight at a time
         except BadRequest as exc:
             subscriber.queue.close(Closed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
         except asyncio.CancelledError:
@@ -245,6 +245,8 @@ class EventService(events_pb2_grpc.EventServiceServicer):
                 elif isinstance(item, SubscriptionUpdated):
                     channel = item.channel
                     yield _updated_event(item)
+                    if not item.delivered.done():
+                        item.delivered.set_result(None)
                 elif isinstance(item, EndOfStream):
                     return
         finally:

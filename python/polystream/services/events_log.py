@@ -191,11 +191,14 @@ class EventLog:
         stats.open_streams[subscriber.stream_id] = time.time_ns()
         return Subscription(subscriber, replay, gap)
 
-    def update(self, subscriber: Subscriber, channel: str, type_filter: TypeFilter) -> None:
-        """Atomically replaces the filters; the acknowledgement marks the switch in the queue."""
+    def update(self, subscriber: Subscriber, channel: str, type_filter: TypeFilter) -> asyncio.Future:
+        """Atomically replaces the filters; the acknowledgement marks the switch
+        in the queue. Returns a future resolved when the acknowledgement is sent."""
         subscriber.channel = channel
         subscriber.type_filter = type_filter
-        subscriber.queue.push_control(SubscriptionUpdated(channel, type_filter.patterns))
+        delivered = asyncio.get_running_loop().create_future()
+        subscriber.queue.push_control(SubscriptionUpdated(channel, type_filter.patterns, delivered))
+        return delivered
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         if self._subscribers.pop(subscriber.stream_id, None) is None:

@@ -34,10 +34,13 @@ class DroppedMarker:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SubscriptionUpdated:
-    """Acknowledges new filters; everything queued after it matched them."""
+    """Acknowledges new filters; everything queued after it matched them.
+    `delivered` resolves once the acknowledgement is sent: the next update
+    waits for it, so updates cannot pile up in a stalled queue."""
 
     channel: str
     event_types: tuple[str, ...]
+    delivered: asyncio.Future = dataclasses.field(compare=False, repr=False)
 
 
 class EndOfStream:
