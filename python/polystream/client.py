@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import inspect
 import random
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional, Sequence, TypeVar, Union
 
 import grpc
 
@@ -39,6 +39,7 @@ RETRYABLE_CODES = frozenset(
 
 DEFAULT_HEARTBEAT_SECONDS = 30  # what the server uses for heartbeat_interval 0
 
+T = TypeVar("T")
 Event = events_pb2.Event
 EventCallback = Callable[[Event], Union[None, Awaitable[None]]]
 ConnectCallback = Callable[[], Union[None, Awaitable[None]]]
@@ -170,6 +171,7 @@ class ResilientSubscriber:
         self._rand = rand
         self._call: Optional[grpc.aio.UnaryStreamCall] = None
         self._closed = False
+        self._close_requested = asyncio.Event()  # wakes a backoff sleep at once
 
     @property
     def last_event_id(self) -> str:
@@ -199,6 +201,7 @@ class ResilientSubscriber:
     async def close(self) -> None:
         """Ends the subscription; a running iterator finishes quietly."""
         self._closed = True
+        self._close_requested.set()
         if self._call is not None:
             self._call.cancel()
         if self._owns_channel:
@@ -210,9 +213,9 @@ class ResilientSubscriber:
             call = self._stub.Subscribe(self._request())
             self._call = call
             try:
-                await asyncio.wait_for(call.wait_for_connection(), self.silence_limit)
+                await self._within_silence_limit(call.wait_for_connection())
                 await _invoke(self._on_connect)
-                async for event in self._read(call):
+                while (event := await self._within_silence_limit(call.read())) is not grpc.aio.EOF:
                     attempt = 0  # the server is talking to us again
                     if is_control_event(event):
                         if self.include_control_events:
@@ -226,8 +229,6 @@ class ResilientSubscriber:
                 error: BaseException = StreamEndedError()
             except (grpc.aio.AioRpcError, StreamSilentError) as exc:
                 error = exc
-            except asyncio.TimeoutError:
-                error = StreamSilentError(self.silence_limit)
             except asyncio.CancelledError:
                 if self._closed:  # close() cancelled the call under us
                     return
@@ -243,7 +244,10 @@ class ResilientSubscriber:
             attempt += 1
             delay = self.backoff.delay(attempt, self._rand)
             await _invoke(self._on_disconnect, error, attempt, delay)
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(self._close_requested.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
 
     def _request(self) -> events_pb2.SubscribeRequest:
         return events_pb2.SubscribeRequest(
@@ -254,16 +258,13 @@ class ResilientSubscriber:
             heartbeat_interval=self.heartbeat_interval,
         )
 
-    async def _read(self, call: grpc.aio.UnaryStreamCall) -> AsyncIterator[Event]:
-        """The call's messages, or StreamSilentError after too long a silence."""
-        while True:
-            try:
-                message = await asyncio.wait_for(call.read(), self.silence_limit)
-            except asyncio.TimeoutError:
-                raise StreamSilentError(self.silence_limit) from None
-            if message is grpc.aio.EOF:
-                return
-            yield message
+    async def _within_silence_limit(self, step: Awaitable[T]) -> T:
+        """Awaits one step of a call; the watchdog: StreamSilentError after
+        too long a wait (time spent in the caller's code does not count)."""
+        try:
+            return await asyncio.wait_for(step, self.silence_limit)
+        except asyncio.TimeoutError:
+            raise StreamSilentError(self.silence_limit) from None
 
 
 async def _invoke(callback: Optional[Callable[..., Any]], *args: Any) -> None:

@@ -335,6 +335,22 @@ async def test_callbacks_and_clean_close(scripted):
     assert not left, "close must leave no task behind"
 
 
+async def test_close_wakes_a_subscriber_waiting_to_retry():
+    waiting = asyncio.Event()
+    subscriber = ResilientSubscriber(
+        f"127.0.0.1:{free_port()}",
+        "c1",
+        backoff=Backoff(base=30, max=60),
+        on_disconnect=lambda *_: waiting.set(),
+    )
+    runner = asyncio.create_task(subscriber.run())
+    await asyncio.wait_for(waiting.wait(), 10)
+    started = time.monotonic()
+    await subscriber.close()
+    await asyncio.wait_for(runner, 2)
+    assert time.monotonic() - started < 1
+
+
 async def test_breaking_out_of_the_iterator_cancels_the_call(scripted):
     service, addr = await scripted([Script([event(1), event(2)], silent=True), Script([event(3)], silent=True)])
     channel = create_channel(addr)
