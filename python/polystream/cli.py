@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import threading
-import uuid
 from typing import Any, AsyncIterator, Callable, Optional, Sequence
 
 import grpc
