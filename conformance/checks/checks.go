@@ -451,12 +451,14 @@ func parseEvent(s string) eventJSON {
 }
 
 // Drops: under a dropping policy, every gap in what a session received is
-// announced, at the gap's place, by one `polystream.dropped` marker whose
-// count and first/last sequences match the missing published events; with
-// min set, at least that many events were dropped (the consumer really was
-// too slow), and nothing was lost silently.
+// announced, at the gap's place, by polystream.dropped markers whose counts
+// and first/last ids and sequences cover exactly the missing published events
+// (one marker, or several in a row whose ranges follow each other: a marker
+// already sent cannot absorb a later drop); with min set, at least that many
+// events were dropped (the consumer really was too slow). Nothing is lost
+// silently.
 func Drops(_ context.Context, in *Input, p config.Params) Result {
-	exp := "every gap announced by a polystream.dropped marker with the right count and range"
+	exp := "every gap announced by polystream.dropped markers covering exactly the missing events"
 	if p.Min != nil {
 		exp += fmt.Sprintf("; at least %d dropped", *p.Min)
 	}
@@ -464,17 +466,38 @@ func Drops(_ context.Context, in *Input, p config.Params) Result {
 	for i, e := range in.Published {
 		idx[e.Sequence] = i
 	}
+	// cover checks that markers cover Published[from:to] exactly, in order.
+	cover := func(ms []eventJSON, from, to int) (bool, string) {
+		at := from
+		for _, m := range ms {
+			md := m.Metadata
+			n, err := strconv.Atoi(md["count"])
+			if err != nil || n <= 0 || at+n > to {
+				return false, fmt.Sprintf("marker count %q does not fit the gap of %d events (sequences %d..%d)", md["count"], to-from, in.Published[from].Sequence, in.Published[to-1].Sequence)
+			}
+			f, l := in.Published[at], in.Published[at+n-1]
+			if md["first_dropped_sequence"] != fmt.Sprint(f.Sequence) || md["last_dropped_sequence"] != fmt.Sprint(l.Sequence) ||
+				md["first_dropped_id"] != f.ID || md["last_dropped_id"] != l.ID {
+				return false, fmt.Sprintf("marker says count=%s sequences %s..%s ids %s..%s; due: sequences %d..%d ids %s..%s",
+					md["count"], md["first_dropped_sequence"], md["last_dropped_sequence"], md["first_dropped_id"], md["last_dropped_id"], f.Sequence, l.Sequence, f.ID, l.ID)
+			}
+			at += n
+		}
+		if at != to {
+			if len(ms) == 0 {
+				return false, fmt.Sprintf("%d events (sequences %d..%d) missing with no polystream.dropped marker", to-from, in.Published[from].Sequence, in.Published[to-1].Sequence)
+			}
+			return false, fmt.Sprintf("markers account for %d of the %d missing events (sequences %d..%d)", at-from, to-from, in.Published[from].Sequence, in.Published[to-1].Sequence)
+		}
+		return true, ""
+	}
 	return each(in, exp, func(_ int, o *driver.Observations) (bool, string) {
 		next := 0 // index in Published of the next due event
 		dropped, markers := 0, 0
-		var pending *eventJSON
+		var pending []eventJSON
 		for _, r := range o.Received {
 			if r.GetType() == "polystream.dropped" {
-				e := parseEvent(r.GetJson())
-				if pending != nil {
-					return false, "two drop markers in a row (consecutive drops must merge)"
-				}
-				pending = &e
+				pending = append(pending, parseEvent(r.GetJson()))
 				continue
 			}
 			if r.GetSequence() == 0 {
@@ -487,36 +510,24 @@ func Drops(_ context.Context, in *Input, p config.Params) Result {
 			if i < next {
 				return false, fmt.Sprintf("sequence %d out of order or duplicated", r.GetSequence())
 			}
-			gap := i - next
-			if gap > 0 {
-				if pending == nil {
-					return false, fmt.Sprintf("%d events (sequences %d..%d) missing before %d with no polystream.dropped marker",
-						gap, in.Published[next].Sequence, in.Published[i-1].Sequence, r.GetSequence())
+			if i > next || len(pending) > 0 {
+				if ok, why := cover(pending, next, i); !ok {
+					return false, fmt.Sprintf("before sequence %d: %s", r.GetSequence(), why)
 				}
-				m := pending.Metadata
-				wantFirst, wantLast := in.Published[next].Sequence, in.Published[i-1].Sequence
-				if m["count"] != strconv.Itoa(gap) || m["first_dropped_sequence"] != fmt.Sprint(wantFirst) || m["last_dropped_sequence"] != fmt.Sprint(wantLast) ||
-					m["first_dropped_id"] != in.Published[next].ID || m["last_dropped_id"] != in.Published[i-1].ID {
-					return false, fmt.Sprintf("marker says count=%s sequences %s..%s ids %s..%s; the gap is %d events, sequences %d..%d",
-						m["count"], m["first_dropped_sequence"], m["last_dropped_sequence"], m["first_dropped_id"], m["last_dropped_id"], gap, wantFirst, wantLast)
-				}
-				dropped += gap
-				markers++
-			} else if pending != nil {
-				return false, fmt.Sprintf("polystream.dropped marker (count %s) before sequence %d with no gap", pending.Metadata["count"], r.GetSequence())
+				dropped += i - next
+				markers += len(pending)
 			}
 			pending = nil
 			next = i + 1
 		}
-		tail := len(in.Published) - next
-		if tail > 0 {
-			if pending == nil || pending.Metadata["count"] != strconv.Itoa(tail) {
-				// The marker for a gap at the end comes only "before the next
-				// event": the last events must have been delivered.
-				return false, fmt.Sprintf("the last %d published events never arrived (sequences %d..%d) and no matching marker", tail, in.Published[next].Sequence, in.Published[len(in.Published)-1].Sequence)
+		if tail := len(in.Published) - next; tail > 0 {
+			// A marker comes "before the next event": a gap at the very end
+			// is only announced if its markers already arrived.
+			if ok, why := cover(pending, next, len(in.Published)); !ok {
+				return false, "at the end: " + why
 			}
 			dropped += tail
-			markers++
+			markers += len(pending)
 		}
 		s := fmt.Sprintf("%d received, %d dropped in %d markers, all accounted for", o.LogCount(), dropped, markers)
 		if p.Min != nil && dropped < *p.Min {

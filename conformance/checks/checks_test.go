@@ -77,6 +77,15 @@ func TestDrops(t *testing.T) {
 	if r := Drops(context.Background(), in, config.Params{}); r.Pass {
 		t.Errorf("wrong count passed: %+v", r)
 	}
+	// Two markers in a row whose ranges follow each other.
+	in.Sessions = []driver.Observations{session(recv(1, "e", "{}"), marker(1, 2, 2), marker(2, 3, 4), recv(5, "e", "{}"), recv(6, "e", "{}"))}
+	if r := Drops(context.Background(), in, config.Params{}); !r.Pass {
+		t.Errorf("chained markers: %+v", r)
+	}
+	in.Sessions = []driver.Observations{session(recv(1, "e", "{}"), marker(1, 2, 2), marker(1, 4, 4), recv(5, "e", "{}"), recv(6, "e", "{}"))}
+	if r := Drops(context.Background(), in, config.Params{}); r.Pass {
+		t.Errorf("markers with a hole passed: %+v", r)
+	}
 	in.Sessions = []driver.Observations{session(recv(1, "e", "{}"), recv(5, "e", "{}"), recv(6, "e", "{}"))}
 	if r := Drops(context.Background(), in, config.Params{}); r.Pass || !strings.Contains(r.Seen, "no polystream.dropped marker") {
 		t.Errorf("silent loss passed: %+v", r)
