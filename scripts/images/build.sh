@@ -6,7 +6,8 @@
 #   scripts/images/build.sh [base|go|python|all]...   (default: all)
 #
 # Environment:
-#   FORCE=1               rebuild even when the inputs are unchanged
+#   FORCE=1               rebuild the images named even when their inputs are
+#                         unchanged (the Debian base only when `base` is named)
 #   DEBIAN_MIRROR=URL     mirror for debootstrap (default: the one apt uses here)
 #   GO_BASE_IMAGE=IMG     base of polystream/go:dev (default scratch)
 #   PYTHON_BASE_IMAGE=IMG base of polystream/python:dev
@@ -50,18 +51,22 @@ current_label() { # image -> its input hash, or "" if it does not exist
   docker image inspect -f "{{ index .Config.Labels \"$LABEL_KEY\" }}" "$1" 2>/dev/null || true
 }
 
-up_to_date() { # image hash
-  [ "${FORCE:-0}" != 1 ] && [ "$(current_label "$1")" = "$2" ]
+up_to_date() { # image hash [force]
+  [ "${3:-${FORCE:-0}}" != 1 ] && [ "$(current_label "$1")" = "$2" ]
 }
 
-timed() { # name command...: runs it quietly (its output shown on failure) and times it
-  local start=$SECONDS out
+timed() { # image command...: runs it quietly (its output shown on failure), times
+  # it, and removes the image's previous version unless a container still uses it
+  local start=$SECONDS out old new
+  old=$(docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true)
   out=$(mktemp)
   if ! "${@:2}" >"$out" 2>&1; then
     cat "$out" >&2; rm -f "$out"
     log "$1 failed"; exit 1
   fi
   rm -f "$out"
+  new=$(docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true)
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then docker rmi "$old" >/dev/null 2>&1 || true; fi
   log "$1 built in $((SECONDS - start))s"
 }
 
@@ -78,11 +83,11 @@ debian_mirror() {
   echo "${uri:-http://deb.debian.org/debian}"
 }
 
-build_base() {
-  local mirror hash
+build_base() { # [force]: 0 when the Python image only needs a base
+  local mirror hash force=${1:-${FORCE:-0}}
   mirror=$(debian_mirror)
   hash=$( { printf 'suite=%s\npackages=%s\nmirror=%s\n' "$SUITE" "$BASE_PACKAGES" "$mirror"; cat scripts/images/debian-base.sh; } | hash_inputs)
-  if up_to_date "$BASE_IMAGE_NAME" "$hash"; then log "$BASE_IMAGE_NAME is up to date"; return; fi
+  if up_to_date "$BASE_IMAGE_NAME" "$hash" "$force"; then log "$BASE_IMAGE_NAME is up to date"; return; fi
   log "building $BASE_IMAGE_NAME with debootstrap from $mirror"
   timed "$BASE_IMAGE_NAME" bash scripts/images/debian-base.sh "$BASE_IMAGE_NAME" "$SUITE" "$mirror" "$BASE_PACKAGES" "$LABEL_KEY=$hash"
 }
@@ -113,7 +118,7 @@ build_go() {
 
 build_python() {
   local ctx hash base_id=""
-  if [ "$PYTHON_BASE_IMAGE" = "$BASE_IMAGE_NAME" ]; then build_base; fi
+  if [ "$PYTHON_BASE_IMAGE" = "$BASE_IMAGE_NAME" ]; then build_base 0; fi
   base_id=$(docker image inspect -f '{{.Id}}' "$PYTHON_BASE_IMAGE" 2>/dev/null || true)
   ctx=$(mktemp -d /tmp/polystream-python-image.XXXXXX)
   trap 'rm -rf "$ctx"' RETURN

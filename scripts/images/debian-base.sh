@@ -5,26 +5,26 @@
 set -euo pipefail
 image=$1 suite=$2 mirror=$3 packages=$4 label=$5
 
-if ! command -v debootstrap >/dev/null; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo  # debootstrap and chroot need root
+if ! command -v debootstrap >/dev/null && [ ! -x /usr/sbin/debootstrap ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq debootstrap >/dev/null
 fi
 
 root=$(mktemp -d /var/tmp/polystream-rootfs.XXXXXX)
-trap 'rm -rf --one-file-system "$root"' EXIT
+trap '$sudo rm -rf --one-file-system "$root"' EXIT
 
-debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror" >"$root.log" 2>&1 || {
+$sudo env PATH="/usr/sbin:/sbin:$PATH" debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror" >"$root.log" 2>&1 || {
   tail -n 30 "$root.log" >&2; rm -f "$root.log"; exit 1; }
 rm -f "$root.log"
 
 # Smaller and reproducible enough: no package caches, lists or logs.
-rm -rf "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb \
+$sudo rm -rf "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb \
        "$root"/var/lib/apt/lists/* "$root"/var/log/* "$root"/tmp/* \
        "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/*
-chroot "$root" python3 -c 'import grpc, google.protobuf, sqlite3; print("python ok, grpcio", grpc.__version__)' >&2
+$sudo chroot "$root" python3 -c 'import grpc, google.protobuf, sqlite3; print("python ok, grpcio", grpc.__version__)' >&2
 
-tar --numeric-owner -C "$root" -cf - . | docker import \
+$sudo tar --numeric-owner -C "$root" -cf - . | docker import \
   --change "LABEL $label" \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1' \
   --change 'CMD ["python3"]' \
