@@ -108,11 +108,8 @@ func invalid(format string, args ...any) error {
 	return status.Errorf(codes.InvalidArgument, format, args...)
 }
 
-// leave takes m out of room, tells the others, and logs what m missed.
+// leave takes m out of room and tells the others.
 func (s *Service) leave(room string, m *member) {
 	s.rooms.leave(room, m)
 	s.rooms.deliver(room, systemMessage(chatv1.MessageType_MESSAGE_TYPE_LEAVE, m.user, room, m.user+" left"), m)
-	if n := m.dropped.Load(); n > 0 {
-		s.log.Warn("messages dropped", "room", room, "user", m.user, "dropped", n)
-	}
 }

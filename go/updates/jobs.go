@@ -100,7 +100,6 @@ func (m *jobManager) start(name string, steps, stepMS, failAt int) (*job, error)
 		stop:    make(chan struct{}),
 	}
 	m.jobs[j.id] = j
-	m.log.Info("job started", "job_id", j.id, "job_name", name, "steps", steps)
 	m.wg.Add(1)
 	go m.run(j)
 	return j, nil
@@ -130,7 +129,7 @@ func (m *jobManager) set(j *job, st updatesv1.JobStatus, percent float64, step s
 	j.mu.Unlock()
 	if ended {
 		m.retire(j.id)
-		m.log.Info("job finished", "job_id", j.id, "status", st.String())
+		m.log.Info("job ended", "job_id", j.id, "status", st.String(), "current_step", step)
 	}
 	return true
 }

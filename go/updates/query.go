@@ -38,7 +38,7 @@ type queryDB struct {
 	active atomic.Int64 // queries running now (tests check cancellation with it)
 }
 
-// openQueryDB makes sure dir/query.sqlite3 (the name Python uses too) holds
+// openQueryDB makes sure dir/query.db (the name Python uses too) holds
 // exactly the contract's data, rebuilding it if not, and opens it read-only.
 // A rebuild happens aside and is renamed into place, so a reader never sees
 // a half-seeded file.
@@ -46,12 +46,12 @@ func openQueryDB(dir string) (*queryDB, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	path, err := filepath.Abs(filepath.Join(dir, "query.sqlite3"))
+	path, err := filepath.Abs(filepath.Join(dir, "query.db"))
 	if err != nil {
 		return nil, err
 	}
 	if !seeded(path) {
-		tmp, err := os.CreateTemp(dir, "query.sqlite3.seed-")
+		tmp, err := os.CreateTemp(dir, "query.db.seed-")
 		if err != nil {
 			return nil, err
 		}
@@ -268,9 +268,7 @@ func (s *Service) queryErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return s.endErr(ctx)
 	}
-	msg := sqliteMessage(err)
-	s.log.Info("query failed", "error", msg)
-	return invalid("query failed: %s", msg)
+	return invalid("query failed: %s", sqliteMessage(err))
 }
 
 // sqliteSuffix is the " (1)" result code modernc appends to messages.

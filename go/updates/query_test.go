@@ -225,7 +225,7 @@ func TestQueryCancelMidStream(t *testing.T) {
 func TestQueryDataDir(t *testing.T) {
 	dir := t.TempDir()
 	e := newEnv(t, Config{DataDir: dir})
-	if _, err := os.Stat(filepath.Join(dir, "query.sqlite3")); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, "query.db")); err != nil {
 		t.Fatal(err)
 	}
 	res, err := query(t, e, "SELECT COUNT(*) AS n, SUM(value) AS s FROM large_table", 0)
@@ -253,7 +253,7 @@ func TestQueryTempDirRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := svc.tmpDir
-	if _, err := os.Stat(filepath.Join(dir, "query.sqlite3")); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, "query.db")); err != nil {
 		t.Fatal(err)
 	}
 	if err := svc.Close(); err != nil {
@@ -301,7 +301,7 @@ func TestQueryReseedsChangedData(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc.Close()
-	path := filepath.Join(dir, "query.sqlite3")
+	path := filepath.Join(dir, "query.db")
 	if !seeded(path) {
 		t.Fatal("fresh database not recognised as seeded")
 	}

@@ -107,12 +107,7 @@ func (s *Service) SubscribeToUpdates(req *updatesv1.SubscribeRequest, stream upd
 	defer done()
 
 	sub := s.topics.subscribe(topics)
-	defer func() {
-		s.topics.unsubscribe(topics, sub)
-		if n := sub.dropped.Load(); n > 0 {
-			s.log.Warn("updates dropped", "client_id", req.GetClientId(), "dropped", n)
-		}
-	}()
+	defer s.topics.unsubscribe(topics, sub)
 	// Headers tell the client it is subscribed: updates published from now on
 	// reach it.
 	if err := stream.SendHeader(metadata.MD{}); err != nil {
@@ -156,4 +151,15 @@ func (h *topicHub) count(topic string) int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	return len(h.subs[topic])
+}
+
+// dropped is how many updates the subscribers of topic have missed so far.
+func (h *topicHub) dropped(topic string) uint64 {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	var n uint64
+	for sub := range h.subs[topic] {
+		n += sub.dropped.Load()
+	}
+	return n
 }
