@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Smoke test of the built images (docs/images.md): every image's server and
-# driver start, and every driver drives every server (a unary call and a
-# server stream) over a private Docker network. Ports are published on
+# Smoke test of the built images (docs/images.md): every image's server (with
+# --data-dir /data) and driver start, and every driver drives every server (a
+# unary call and a server stream) over a private Docker network. Ports are published on
 # 127.0.0.1 only; every container and the network are removed on exit.
 #
 #   scripts/images/smoke.sh            (builds what is missing or stale first)
@@ -44,8 +44,8 @@ start() {
 
 declare -A image=([go]=polystream/go:dev [python]=polystream/python:dev)
 declare -A server_cmd=(
-  [go]="/polystream serve --host 0.0.0.0 --port 50051"
-  [python]="python3 -m polystream serve --host 0.0.0.0 --port 50051")
+  [go]="/polystream serve --host 0.0.0.0 --port 50051 --data-dir /data"
+  [python]="python3 -m polystream serve --host 0.0.0.0 --port 50051 --data-dir /data")
 declare -A driver_cmd=(
   [go]="/polystream-driver --port 50052"
   [python]="python3 -m polystream.conformance_driver --port 50052")
