@@ -156,6 +156,28 @@ def wait_until(condition, timeout: float = 10, what: str = "condition") -> None:
         time.sleep(0.1)
 
 
+def read_first_line(proc: subprocess.Popen, timeout: float = 20) -> str:
+    """The first stdout line of a running command (e.g. a stream's welcome)."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    if not lines or not lines[0]:
+        raise AssertionError(f"{' '.join(map(str, proc.args))} printed nothing within {timeout}s")
+    return lines[0]
+
+
+def poke_until_exit(proc: subprocess.Popen, poke, timeout: float = 20, every: float = 0.3) -> None:
+    """Calls poke() until the command exits: for a stream whose start cannot
+    be observed, keep making the thing it waits for."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{' '.join(map(str, proc.args))} did not finish within {timeout}s")
+        poke()
+        time.sleep(every)
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -335,8 +357,7 @@ def test_tail_past_records_and_follow(cli):
     assert past[-1]["message"] == "rpc" and past[-1]["fields"]["method"].endswith("/Broadcast")
     follower = cli.start("tail", "--follow", "--level", "info", "--count", "1")
     try:
-        time.sleep(1)
-        cli.ok("publish", "--type", "tail.me", "--channels", unique("ch"))
+        poke_until_exit(follower, lambda: cli.ok("publish", "--type", "tail.me", "--channels", unique("ch")))
         out, err = follower.communicate(timeout=20)
     finally:
         follower.kill()
@@ -360,13 +381,13 @@ def test_send_and_messages(cli):
     room, user = unique("room"), unique("u")
     listener = cli.start("messages", "--user", user, "--room", room, "--count", "2")
     try:
-        time.sleep(1)  # the listener joins
+        welcome = json.loads(read_first_line(listener))  # it has joined
         sent = cli.ok("send", "--user", "alice", "--room", room, "--content", "hi")[0]
         out, err = listener.communicate(timeout=20)
     finally:
         listener.kill()
     assert listener.returncode == 0, err
-    welcome, message = (json.loads(line) for line in out.splitlines())
+    (message,) = (json.loads(line) for line in out.splitlines())
     assert welcome["type"] == "MESSAGE_TYPE_SYSTEM" and welcome["content"] == f"welcome to {room}, {user}"
     assert message["id"] == sent["message_id"] and message["content"] == "hi" and message["user"] == "alice"
 

@@ -14,13 +14,21 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import uuid
 from typing import Any, Callable
 
 import pytest
 
-from test_cli import PYTHON_CLI, Cli, ServerProcess, python_env, run, wait_until
+from test_cli import (
+    PYTHON_CLI,
+    Cli,
+    ServerProcess,
+    poke_until_exit,
+    python_env,
+    read_first_line,
+    run,
+    wait_until,
+)
 
 GO_BIN = os.environ.get("POLYSTREAM_GO_BIN", "")
 VOLATILE = {"id", "event_id", "message_id", "timestamp", "connected_at", "updated_at", "job_id"}
@@ -350,8 +358,7 @@ def test_tail(pairs):
         past = cli.ok("tail", "--lines", "1", "--count", "1", "--level", "info")
         follower = cli.start("tail", "--follow", "--count", "1")
         try:
-            time.sleep(1)
-            cli.ok("publish", "--type", "tail.me", "--channels", unique("ch"))
+            poke_until_exit(follower, lambda: cli.ok("publish", "--type", "tail.me", "--channels", unique("ch")))
             out, err = follower.communicate(timeout=20)
         finally:
             follower.kill()
@@ -382,13 +389,13 @@ def test_send_and_messages(pairs):
         room = unique("room")
         listener = cli.start("messages", "--user", "watcher", "--room", room, "--count", "2")
         try:
-            time.sleep(1)  # the listener joins
+            welcome = json.loads(read_first_line(listener))  # it has joined
             sent = cli.ok("send", "--user", "alice", "--room", room, "--content", "hi")[0]
             out, err = listener.communicate(timeout=20)
         finally:
             listener.kill()
         assert listener.returncode == 0, err
-        welcome, message = (json.loads(line) for line in out.splitlines())
+        (message,) = (json.loads(line) for line in out.splitlines())
         assert message["id"] == sent["message_id"]
         return {
             "welcome": {**normalise(welcome), "content": welcome["content"].replace(room, "ROOM"), "room": 0},

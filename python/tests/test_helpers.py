@@ -25,7 +25,7 @@ async def test_rate_limiter_allows_a_burst_then_paces():
     for _ in range(10):
         await limiter.acquire()
     elapsed = time.monotonic() - started
-    assert 0.45 <= elapsed < 1.0, f"10 more tokens at 20/s take ~0.5 s, took {elapsed:.2f}"
+    assert 0.45 <= elapsed < 1.5, f"10 more tokens at 20/s take ~0.5 s, took {elapsed:.2f}"
 
 
 async def test_rate_limiter_with_a_fake_clock_refills_up_to_burst():
@@ -88,7 +88,7 @@ async def test_batcher_flushes_by_period():
         await asyncio.wait_for(flushed.wait(), 2)
         assert [b for b, _ in batches] == [["a", "b"]]
         waited = batches[0][1] - started
-        assert 0.18 <= waited < 0.5, "the period runs from the batch's first item"
+        assert 0.18 <= waited < 1.0, "the period runs from the batch's first item"
     assert len(batches) == 1, "nothing left to flush on close"
 
 
