@@ -29,6 +29,7 @@ from polystream.vendor import grpc_health_v1_pb2 as health_pb
 from polystream.vendor import grpc_health_v1_pb2_grpc as health_grpc
 
 SHUTTING_DOWN = "server is shutting down"
+DEADLINE_SLACK = 0.1  # seconds
 SERVICE_NAMES = (
     "polystream.events.v1.EventService",
     "polystream.updates.v1.StreamService",
@@ -126,8 +127,13 @@ class StreamGuard(grpc.aio.ServerInterceptor):
                 self.active_streams -= 1
             # A handler cancelled by grpc (client cancel, deadline, lost
             # connection) leaves the context's code unset, so remember it here.
-            cancelled = rpc.cancelled or ctx.cancelled()
-            code = grpc.StatusCode.CANCELLED if cancelled else _status_code(ctx.code())
+            if rpc.cancelled or ctx.cancelled():
+                # The client's deadline may cancel the call a moment before the server's copy expires.
+                remaining = ctx.time_remaining()
+                expired = remaining is not None and remaining < DEADLINE_SLACK
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            else:
+                code = _status_code(ctx.code())
             self._logger.info("rpc", extra={"method": method, "code": code.name})
 
         context.add_done_callback(finished)

@@ -271,7 +271,15 @@ async def test_each_rpc_logs_method_and_code_and_is_counted(start_server, open_c
         broadcast = "/polystream.events.v1.EventService/Broadcast"
         subscribe = "/polystream.events.v1.EventService/Subscribe"
         await eventually(lambda: len(records.rpcs()) >= 3, what="three rpc records")
-        assert records.rpcs()[:3] == [(broadcast, "OK"), (broadcast, "INVALID_ARGUMENT"), (subscribe, "CANCELLED")]
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Subscribe(pb.SubscribeRequest(client_id="d"), timeout=0.2).read()
+        await eventually(lambda: len(records.rpcs()) >= 4, what="four rpc records")
+        assert records.rpcs()[:4] == [
+            (broadcast, "OK"),
+            (broadcast, "INVALID_ARGUMENT"),
+            (subscribe, "CANCELLED"),
+            (subscribe, "DEADLINE_EXCEEDED"),
+        ]
         assert all(r.levelno == logging.INFO and r.name == "polystream.server" for r in records.records if r.getMessage() == "rpc")
     finally:
         logging.getLogger("polystream.server").removeHandler(records)
