@@ -387,14 +387,24 @@ async def broadcast(addr: str, n: int, prefix: str) -> list[str]:
         return ids
 
 
+async def until_connected(addr: str, client_id: str, timeout: float = 10) -> None:
+    async with create_channel(addr) as channel:
+        stub = events_pb2_grpc.EventServiceStub(channel)
+        deadline = time.monotonic() + timeout
+        while not (await stub.GetConnectionStatus(events_pb2.SubscribeRequest(client_id=client_id))).connected:
+            assert time.monotonic() < deadline, f"{client_id} never connected"
+            await asyncio.sleep(0.05)
+
+
 async def test_resume_across_server_restart_with_data_dir(start_server, tmp_path):
     server = await start_server(port=0, data_dir=str(tmp_path), shutdown_grace=0.5)
     port = server.port
     addr = f"127.0.0.1:{port}"
     # jitter 0 and a 1.5 s first delay: the restarted server gets events to
     # replay before the subscriber is back
+    client_id = f"resume-{uuid.uuid4()}"
     subscriber = ResilientSubscriber(
-        addr, f"resume-{uuid.uuid4()}", event_types=["resume.*"], backoff=Backoff(base=1.5, max=2, jitter=0)
+        addr, client_id, event_types=["resume.*"], backoff=Backoff(base=1.5, max=2, jitter=0)
     )
     received: list[events_pb2.Event] = []
     got = {n: asyncio.Event() for n in (3, 6, 8)}
@@ -407,7 +417,7 @@ async def test_resume_across_server_restart_with_data_dir(start_server, tmp_path
 
     consumer = asyncio.create_task(consume())
     try:
-        await asyncio.sleep(0.3)  # subscribed
+        await until_connected(addr, client_id)  # live events from here on reach it
         before = await broadcast(addr, 3, "before")
         await asyncio.wait_for(got[3].wait(), 10)
 
