@@ -401,6 +401,27 @@ def test_chat_echoes_stdin_lines_and_exits_at_end_of_stream(cli):
     assert sequences == list(range(1, len(messages) + 1))
 
 
+def test_chat_ends_when_the_server_does_even_with_stdin_open():
+    server = ServerProcess([*PYTHON_CLI, "serve", "--port", "0", "--shutdown-grace", "1s"], env=python_env())
+    chat = subprocess.Popen(
+        [*PYTHON_CLI, "chat", "--addr", server.address, "--user", "eve"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env(),
+    )
+    try:
+        chat.stdin.write("still here\n")  # type: ignore[union-attr]
+        chat.stdin.flush()  # type: ignore[union-attr]
+        echo = json.loads(read_first_line(chat))
+        assert echo["content"] == "still here"
+        server.stop()
+        chat.wait(timeout=10)
+        err = chat.stderr.read()  # type: ignore[union-attr]
+    finally:
+        chat.kill()
+        server.stop()
+    assert chat.returncode == 1, err
+    assert err == "polystream: UNAVAILABLE: server is shutting down\n"
+
+
 def test_upload_from_stdin_and_generated(cli):
     room = unique("room")
     assert cli.ok("upload", "--user", "u", "--room", room, input="a\nb\nc\n") == [

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import uuid
 from typing import Any, Callable
 
@@ -421,6 +422,30 @@ def test_chat(pairs):
     result = across(pairs, scenario)
     chats = [m for m in result if m["type"] == "MESSAGE_TYPE_CHAT"]
     assert [(m["user"], m["content"], m["room"]) for m in chats] == [("bob", "hello", True), ("bob", "world", True)]
+
+
+@pytest.mark.parametrize("pair", ["go-cli->python-server", "python-cli->go-server"])
+def test_chat_ends_with_the_server_shutdown(pairs, pair):
+    """A graceful shutdown ends the other language's chat stream with
+    UNAVAILABLE, and the CLI exits though its stdin is still open."""
+    pairs.require()
+    cli_prefix, server_prefix = pairs.commands[pair]
+    server = ServerProcess([*server_prefix, "serve", "--port", "0", "--shutdown-grace", "1s"], env=python_env())
+    chat = subprocess.Popen(
+        [*cli_prefix, "chat", "--addr", server.address, "--user", "eve"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env(),
+    )
+    try:
+        chat.stdin.write("still here\n")  # type: ignore[union-attr]
+        chat.stdin.flush()  # type: ignore[union-attr]
+        assert json.loads(read_first_line(chat))["content"] == "still here"
+        server.stop()
+        chat.wait(timeout=10)
+        err = chat.stderr.read()  # type: ignore[union-attr]
+    finally:
+        chat.kill()
+        server.stop()
+    assert (chat.returncode, err) == (1, "polystream: UNAVAILABLE: server is shutting down\n")
 
 
 def test_upload(pairs):
