@@ -11,6 +11,7 @@
 #   CONFORMANCE_CLIENTS=go,...  only these client implementations
 #   CONFORMANCE_SERVERS=go,...  only these server implementations
 #   CONFORMANCE_SKIP_BUILD=1    use the images as they are
+#   CONFORMANCE_SELFTEST=1      the harness's self-test (conformance/selftest.yaml) instead
 #   CONFORMANCE_BUDGET=14m      stop starting cases after this long
 #   CONFORMANCE_VERBOSE=1       testcontainers' own log lines too
 #   CONFORMANCE_CLEAN_STALE=1   first remove leftovers of runs killed hard
@@ -63,6 +64,7 @@ args=(-dir conformance -results conformance/results -protoset proto/polystream.p
 [ -z "${CONFORMANCE_RUN:-}" ] || args+=(-run "$CONFORMANCE_RUN")
 [ -z "${CONFORMANCE_CLIENTS:-}" ] || args+=(-clients "$CONFORMANCE_CLIENTS")
 [ -z "${CONFORMANCE_SERVERS:-}" ] || args+=(-servers "$CONFORMANCE_SERVERS")
+[ "${CONFORMANCE_SELFTEST:-0}" != 1 ] || args+=(-selftest)
 
 go build -o conformance/results/matrix ./conformance/cmd/matrix
 set +e

@@ -40,7 +40,15 @@ type Input struct {
 	Published []probe.Published
 	// PublishSpans is how long each publish step took.
 	PublishSpans []time.Duration
+	// Faults are the faults injected, with when they started and ended.
+	Faults []FaultWindow
 	Server       Server
+}
+
+// FaultWindow is one injected fault (for pause: from pause to unpause).
+type FaultWindow struct {
+	Kind       string
+	Start, End time.Time
 }
 
 // Result is one check's outcome.
@@ -77,6 +85,7 @@ var Registry = map[string]Func{
 	"publish_blocked": PublishBlocked,
 	"query_batches":   QueryBatches,
 	"disconnect":      Disconnect,
+	"held_back":       HeldBack,
 	"job_progress":    JobProgress,
 }
 
@@ -881,5 +890,48 @@ func Disconnect(_ context.Context, in *Input, p config.Params) Result {
 			ok = false
 		}
 		return ok, seen
+	})
+}
+
+// HeldBack: flow control holds a client-streaming sender back. While the
+// server is frozen (the `pause` fault) it reads nothing, so once the HTTP/2
+// windows are full the client's sends must stop: after `at_least` (grace for
+// the windows to fill) until the thaw, at most `max` messages more are
+// reported sent (observation times on the client's clock).
+func HeldBack(_ context.Context, in *Input, p config.Params) Result {
+	max := 0
+	if p.Max != nil {
+		max = *p.Max
+	}
+	var win *FaultWindow
+	for i := range in.Faults {
+		if in.Faults[i].Kind == "pause" {
+			win = &in.Faults[i]
+			break
+		}
+	}
+	exp := fmt.Sprintf("at most %d messages sent from %v into the pause until the thaw", max, p.AtLeast.D())
+	if win == nil {
+		return fail(exp, "the case injected no pause")
+	}
+	from := win.Start.Add(p.AtLeast.D())
+	return each(in, exp, func(_ int, o *driver.Observations) (bool, string) {
+		before, during, after := 0, 0, 0
+		for _, x := range o.All {
+			if x.O.GetSent() == nil {
+				continue
+			}
+			t := obsTime(x)
+			switch {
+			case t.Before(from):
+				before++
+			case t.Before(win.End):
+				during++
+			default:
+				after++
+			}
+		}
+		s := fmt.Sprintf("sent %d before, %d while held, %d after the thaw", before, during, after)
+		return during <= max && after > 0, s
 	})
 }

@@ -109,6 +109,8 @@ type Step struct {
 	WaitConnected *int `yaml:"wait_connected"`
 	// WaitDisconnected waits until every session reported this many disconnects.
 	WaitDisconnected int      `yaml:"wait_disconnected"`
+	// WaitSent waits until every session reported sent{count >= N}.
+	WaitSent int `yaml:"wait_sent"`
 	WaitFinished     bool     `yaml:"wait_finished"`
 	// Start starts the client sessions here (default: before the first
 	// step). The run may then use $PUBLISHED_ID_<n>, the id of the n-th event
@@ -254,12 +256,30 @@ type LoadProfile struct {
 	MaxErrorRate float64 `yaml:"max_error_rate"`
 }
 
+// SelfTest makes cases run against servers started with --fault <Fault>;
+// each must fail there.
+type SelfTest struct {
+	Fault string   `yaml:"fault"`
+	Cases []string `yaml:"cases"`
+}
+
 // Suite is everything the matrix runs.
 type Suite struct {
 	Implementations []Implementation
 	Cases           []*Case
 	KnownFailing    []KnownFailing
 	LoadProfiles    map[string]*LoadProfile
+	SelfTests       []SelfTest
+}
+
+// Case returns the case with this id, or nil.
+func (s *Suite) Case(id string) *Case {
+	for _, c := range s.Cases {
+		if c.ID == id {
+			return c
+		}
+	}
+	return nil
 }
 
 // Load reads the suite from dir (the conformance/ directory).
@@ -347,6 +367,20 @@ func Load(dir string) (*Suite, error) {
 	if len(s.Cases) == 0 {
 		return nil, fmt.Errorf("no cases under %s", filepath.Join(dir, "cases"))
 	}
+	var st struct {
+		SelfTests []SelfTest `yaml:"selftests"`
+	}
+	if err := readYAML(filepath.Join(dir, "selftest.yaml"), &st); err != nil && !os.IsNotExist(err) {
+		return nil, err
+	}
+	for _, t := range st.SelfTests {
+		for _, id := range t.Cases {
+			if s.Case(id) == nil {
+				return nil, fmt.Errorf("selftest.yaml: fault %s: no case %s", t.Fault, id)
+			}
+		}
+	}
+	s.SelfTests = st.SelfTests
 	return s, nil
 }
 

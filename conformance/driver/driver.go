@@ -67,6 +67,17 @@ func (o *Observations) LogCount() int {
 	return n
 }
 
+// SentCount is the highest sent.count reported (client streams).
+func (o *Observations) SentCount() int {
+	n := 0
+	for _, x := range o.All {
+		if s := x.O.GetSent(); s != nil && int(s.GetCount()) > n {
+			n = int(s.GetCount())
+		}
+	}
+	return n
+}
+
 // MaxAttempt is the highest connected.attempt seen, -1 if none.
 func (o *Observations) MaxAttempt() int {
 	m := -1

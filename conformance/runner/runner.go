@@ -72,6 +72,9 @@ type Options struct {
 	ResultsDir string
 	// Protoset for ghz.
 	Protoset string
+	// SelfTest runs selftest.yaml instead of the matrix: each listed case
+	// against servers started with --fault, where it must fail.
+	SelfTest bool
 	// Parallel is how many server images are tested at once (each server
 	// image's cases run one after another).
 	Parallel int
@@ -124,10 +127,28 @@ type caseRun struct {
 	c    *config.Case
 	id   string
 	load *config.LoadProfile
+	// invert: a self-test, which passes when the case fails.
+	invert bool
+	fault  string
 }
 
 func (m *matrix) cases() []caseRun {
 	var out []caseRun
+	if m.opt.SelfTest {
+		for _, t := range m.suite.SelfTests {
+			for _, id := range t.Cases {
+				orig := m.suite.Case(id)
+				c := *orig
+				c.Server.Flags = append(append([]string(nil), orig.Server.Flags...), "--fault", t.Fault)
+				c.Server.Fresh = true
+				sid := "selftest/" + t.Fault + "/" + id
+				if m.opt.Filter == nil || m.opt.Filter.MatchString(sid) {
+					out = append(out, caseRun{c: &c, id: sid, invert: true, fault: t.Fault})
+				}
+			}
+		}
+		return out
+	}
 	for _, c := range m.suite.Cases {
 		if m.opt.Filter == nil || m.opt.Filter.MatchString(c.ID) {
 			out = append(out, caseRun{c: c, id: c.ID})
@@ -440,7 +461,7 @@ func (m *matrix) runCase(ctx context.Context, cr caseRun, cl, sv *config.Impleme
 	}
 	x.wg.Wait() // async publishes
 
-	in := &checks.Input{Case: c, StartedAt: start, ClientIDs: x.ids, Published: x.published, PublishSpans: x.spans, Server: serverView{srv}}
+	in := &checks.Input{Case: c, StartedAt: start, ClientIDs: x.ids, Published: x.published, PublishSpans: x.spans, Faults: x.faults, Server: serverView{srv}}
 	for _, s := range x.sessions {
 		in.Sessions = append(in.Sessions, s.Snapshot())
 	}
@@ -463,6 +484,19 @@ func (m *matrix) runCase(ctx context.Context, cr caseRun, cl, sv *config.Impleme
 	for _, r := range results {
 		if !r.Pass {
 			o.Status = Fail
+		}
+	}
+	if cr.invert {
+		// A self-test: the case must have failed against the faulty server.
+		if o.Status == Pass {
+			o.Status = Fail
+			o.Results = append(o.Results, checks.Result{Kind: "selftest",
+				Expected: fmt.Sprintf("some check fails against a server started with --fault %s", cr.fault),
+				Seen:     "every check passed: the harness did not notice the fault"})
+		} else {
+			o.Status = Pass
+			o.Results = append(o.Results, checks.Result{Kind: "selftest", Pass: true,
+				Expected: fmt.Sprintf("some check fails against --fault %s", cr.fault), Seen: "the case failed as it must"})
 		}
 	}
 	if o.Status == Fail {

@@ -30,6 +30,7 @@ type execution struct {
 	wg        sync.WaitGroup
 	published []probe.Published
 	spans     []time.Duration
+	faults    []checks.FaultWindow
 	asyncErr  []string
 }
 
@@ -106,6 +107,11 @@ func (x *execution) step(ctx context.Context, st config.Step) *checks.Result {
 		return x.waitAll(ctx, st, "wait_disconnected", fmt.Sprintf("%d disconnections", n),
 			func(o *driver.Observations) bool { return len(o.Disconnected) >= n },
 			func(o *driver.Observations) string { return fmt.Sprintf("%d disconnections", len(o.Disconnected)) })
+	case st.WaitSent > 0:
+		n := st.WaitSent
+		return x.waitAll(ctx, st, "wait_sent", fmt.Sprintf("%d messages sent", n),
+			func(o *driver.Observations) bool { return o.SentCount() >= n },
+			func(o *driver.Observations) string { return fmt.Sprintf("%d sent", o.SentCount()) })
 	case st.WaitFinished:
 		return x.waitAll(ctx, st, "wait_finished", "the call finished",
 			func(o *driver.Observations) bool { return o.Finished != nil || o.RunErr != nil },
@@ -145,7 +151,13 @@ func (x *execution) step(ctx context.Context, st config.Step) *checks.Result {
 			return &checks.Result{Kind: "publish", Expected: fmt.Sprintf("%d Broadcasts succeed", p.Count), Seen: err.Error()}
 		}
 	case st.Fault != nil:
-		if err := x.fault(ctx, st.Fault); err != nil {
+		fw := checks.FaultWindow{Kind: st.Fault.Kind, Start: time.Now()}
+		err := x.fault(ctx, st.Fault)
+		fw.End = time.Now()
+		x.mu.Lock()
+		x.faults = append(x.faults, fw)
+		x.mu.Unlock()
+		if err != nil {
 			return &checks.Result{Kind: "fault " + st.Fault.Kind, Expected: "the fault is injected and the server comes back", Seen: err.Error()}
 		}
 	case st.Sleep > 0:

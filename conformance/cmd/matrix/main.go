@@ -33,6 +33,7 @@ func main() {
 	run := flag.String("run", "", "only cases whose id matches this regexp")
 	clients := flag.String("clients", "", "comma-separated client implementations (default all)")
 	servers := flag.String("servers", "", "comma-separated server implementations (default all)")
+	selftest := flag.Bool("selftest", false, "run selftest.yaml: cases against servers started with --fault, where they must fail")
 	parallel := flag.Int("parallel", 2, "server images tested at once")
 	list := flag.Bool("list", false, "list the cases and exit")
 	budget := flag.Duration("budget", 14*time.Minute, "stop starting cases after this long (the rest are reported as errors)")
@@ -83,7 +84,7 @@ func main() {
 	rctx, cancelBudget := context.WithTimeout(ctx, *budget)
 	outs := runner.Run(rctx, env, suite, runner.Options{
 		Filter: filter, Clients: split(*clients), Servers: split(*servers),
-		ResultsDir: *results, Protoset: *protoset, Log: logf, Parallel: *parallel,
+		ResultsDir: *results, Protoset: *protoset, Log: logf, Parallel: *parallel, SelfTest: *selftest,
 	})
 	budgetUsed := errors.Is(rctx.Err(), context.DeadlineExceeded)
 	cancelBudget()
