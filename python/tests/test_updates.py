@@ -1,4 +1,9 @@
-"""StreamService against a real grpc.aio server on 127.0.0.1 (docs/contract.md)."""
+"""StreamService against the real server on 127.0.0.1 (docs/contract.md).
+
+The server comes from conftest's start_server; tests read the service's own
+state (open queries, subscribers, log followers) only to await what a client
+cannot see.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,14 @@ import contextlib
 import dataclasses
 import logging
 import pathlib
-import sys
 from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from polystream.config import ServerConfig  # noqa: E402
-from polystream.services.updates import UpdatesService  # noqa: E402
-from polystream.updates.v1 import updates_pb2 as pb  # noqa: E402
-from polystream.updates.v1 import updates_pb2_grpc  # noqa: E402
+from polystream.services.updates import UpdatesService
+from polystream.updates.v1 import updates_pb2 as pb
+from polystream.updates.v1 import updates_pb2_grpc
 
 WAIT = 15.0  # upper bound for awaited conditions; never a speed assertion
 NO_BDP = [("grpc.http2.bdp_probe", 0)]  # fixed flow-control windows
@@ -42,37 +43,16 @@ async def eventually(condition: Callable[[], bool], what: str) -> None:
 
 
 @pytest.fixture
-async def start_updates(tmp_path: pathlib.Path) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
-    """Starts UpdatesService alone on a grpc.aio server; config fields as keywords."""
-    cleanups: list[Callable[[], Awaitable[None]]] = []
-    root = logging.getLogger("polystream")
+async def start_updates(start_server, open_channel, tmp_path: pathlib.Path) -> Callable[..., Awaitable[Running]]:
+    """The whole server (conftest's start_server) with a channel to its StreamService;
+    config fields as keywords."""
 
     async def start(**overrides: object) -> Running:
-        config = ServerConfig(**({"port": 0, "data_dir": str(tmp_path)} | overrides))
-        service = UpdatesService(config, logging.getLogger("polystream.updates"))
-        root.addHandler(service.log_handler)
-        old_level = root.level
-        root.setLevel(logging.DEBUG)
-        server = grpc.aio.server(options=NO_BDP)
-        service.register(server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await service.start()
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=NO_BDP)
+        server = await start_server(**({"data_dir": str(tmp_path), "log_level": "debug"} | overrides))
+        channel = open_channel(server.address, options=NO_BDP)
+        return Running(server.updates, updates_pb2_grpc.StreamServiceStub(channel))
 
-        async def stop() -> None:
-            await channel.close()
-            await server.stop(0)
-            await service.close()
-            root.removeHandler(service.log_handler)
-            root.setLevel(old_level)
-
-        cleanups.append(stop)
-        return Running(service, updates_pb2_grpc.StreamServiceStub(channel))
-
-    yield start
-    for stop in reversed(cleanups):
-        await stop()
+    return start
 
 
 @pytest.fixture
@@ -441,7 +421,7 @@ async def tail(running: Running, **fields) -> list[pb.LogEntry]:
 
 
 async def test_tail_returns_recent_records_filtered_by_level_and_service(running: Running) -> None:
-    chat = logging.getLogger("polystream.chat")
+    chat = logging.getLogger("polystream.chat")  # no chat RPC runs here, so these are all of chat's
     chat.debug("chat debug")
     chat.info("chat info", extra={"room": "general", "count": 3})
     chat.warning("chat warn")
@@ -501,9 +481,9 @@ async def test_tail_follow_without_history_sends_headers_then_records(running: R
 
 
 async def test_a_follower_far_behind_skips_to_the_oldest_retained_record(running: Running) -> None:
-    follow = running.stub.TailLogs(pb.LogRequest(service_name="server", follow=True))
+    follow = running.stub.TailLogs(pb.LogRequest(service_name="tailtest", follow=True))
     await follow.initial_metadata()
-    log = logging.getLogger("polystream.server")
+    log = logging.getLogger("polystream.tailtest")
     for i in range(1500):  # logged without yielding: the follower is 1500 behind a ring of 1000
         log.info("burst %d", i)
     got = await take(follow, 1000)
@@ -513,7 +493,7 @@ async def test_a_follower_far_behind_skips_to_the_oldest_retained_record(running
 
 
 async def test_tail_keeps_only_the_last_1000_records(running: Running) -> None:
-    log = logging.getLogger("polystream.server")
+    log = logging.getLogger("polystream.tailtest")
     for i in range(1200):
         log.info("record %d", i)
     entries = await tail(running, lines=5000)
@@ -536,7 +516,7 @@ async def test_tail_rejects_bad_arguments(running: Running) -> None:
 
 async def test_query_database_is_seeded_in_a_temp_dir_without_data_dir(start_updates) -> None:
     running = await start_updates(data_dir="")
-    path = pathlib.Path(running.service._db_path)
+    path = pathlib.Path(running.service.database_path)
     assert path.exists()
     await running.service.close()
     assert not path.parent.exists()

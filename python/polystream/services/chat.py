@@ -133,7 +133,7 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
                 if isinstance(item, StreamEnd):
                     return  # half-closed and every echo sent
                 if isinstance(item, StreamFailure):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.message)
+                    await context.abort(item.code, item.message)
                 sequence += 1
                 yield stamped(item, sequence)  # type: ignore[arg-type]
         finally:
@@ -161,6 +161,9 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
                 self._rooms.deliver(room, echo, member)
                 await member.queue.put(echo)  # waits for room: the echo is never dropped
             await member.queue.put(StreamEnd())
+        except Exception as exc:  # the sender must not wait for a receiver that died
+            self._log.warning("chat receive failed", extra={"error": repr(exc)})
+            await member.queue.put(StreamFailure(f"receive failed: {exc}", grpc.StatusCode.INTERNAL))
         finally:
             if stream.room:
                 self._leave(stream.room, member)
@@ -207,8 +210,9 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
                 sequence += 1
                 metric_labels = dict(labels, kind="threads") if name == "process_threads" else labels
                 yield chat_pb2.Metric(name=name, value=value, timestamp=stamp, labels=metric_labels, sequence=sequence)
-            # A fixed rate, not "interval after the last send".
-            next_burst += interval
+            # A fixed rate, not "interval after the last send"; after a stall
+            # (a slow reader) it resumes the rate instead of catching up.
+            next_burst = max(next_burst + interval, loop.time())
             await asyncio.sleep(max(0.0, next_burst - loop.time()))
 
 

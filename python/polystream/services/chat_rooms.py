@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Union
 
+import grpc
 from google.protobuf import timestamp_pb2
 
 from polystream.chat.v1 import chat_pb2
@@ -38,8 +39,9 @@ class StreamEnd:
 class StreamFailure:
     """Queued by a Chat stream's receiver: end the stream with this error."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> None:
         self.message = message
+        self.code = code
 
 
 Item = Union[chat_pb2.Message, StreamEnd, StreamFailure]

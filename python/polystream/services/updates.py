@@ -73,6 +73,10 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
             self._temp_dir = None
 
     @property
+    def database_path(self) -> str:
+        return self._db_path
+
+    @property
     def topic_subscribers(self) -> int:
         return self._topics.subscriber_count()
 
