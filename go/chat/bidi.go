@@ -9,16 +9,14 @@ import (
 )
 
 // inbound is what the receiving goroutine hands the sending one: an echo to
-// send, or the error that ends the stream.
+// send, or the error that ends the stream. The first echo also carries the
+// membership the stream has just taken, so the sender learns its room before
+// anything else happens on the stream.
 type inbound struct {
-	echo *chatv1.Message
-	err  error
-}
-
-// joinedRoom tells the sender which queue and room the stream joined.
-type joinedRoom struct {
-	m    *member
-	room string
+	echo   *chatv1.Message
+	err    error
+	joined *member
+	room   string
 }
 
 // Chat runs two goroutines: the handler's is the stream's only sender
@@ -32,9 +30,8 @@ func (s *Service) Chat(stream chatv1.ChatService_ChatServer) error {
 	ctx, done := s.streamCtx(stream.Context())
 	defer done()
 
-	joined := make(chan joinedRoom, 1)
 	in := make(chan inbound, 16)
-	go s.chatReceive(ctx, stream, joined, in)
+	go s.chatReceive(ctx, stream, in)
 
 	var (
 		seq   uint64
@@ -51,8 +48,6 @@ func (s *Service) Chat(stream chatv1.ChatService_ChatServer) error {
 		select {
 		case <-ctx.Done():
 			return s.endErr(ctx)
-		case j := <-joined:
-			queue, room = j.m.queue, j.room
 		case it, ok := <-in:
 			if !ok {
 				return nil // half-closed and every echo sent
@@ -62,6 +57,9 @@ func (s *Service) Chat(stream chatv1.ChatService_ChatServer) error {
 					return s.endErr(ctx)
 				}
 				return it.err
+			}
+			if it.joined != nil {
+				queue, room = it.joined.queue, it.room
 			}
 			if err := send(it.echo); err != nil {
 				return err
@@ -80,7 +78,7 @@ func (s *Service) Chat(stream chatv1.ChatService_ChatServer) error {
 
 // chatReceive reads the client's messages: the first one joins its room, each
 // is broadcast to the others there and handed to the sender as an echo.
-func (s *Service) chatReceive(ctx context.Context, stream chatv1.ChatService_ChatServer, joined chan<- joinedRoom, in chan<- inbound) {
+func (s *Service) chatReceive(ctx context.Context, stream chatv1.ChatService_ChatServer, in chan<- inbound) {
 	defer close(in)
 	var (
 		me   *member
@@ -119,15 +117,16 @@ func (s *Service) chatReceive(ctx context.Context, stream chatv1.ChatService_Cha
 			push(inbound{err: err})
 			return
 		}
+		it := inbound{echo: echo}
 		if me == nil {
 			room = r
 			me = newMember(msg.GetUser())
 			s.rooms.join(room, me)
-			joined <- joinedRoom{m: me, room: room}
 			s.rooms.deliver(room, systemMessage(chatv1.MessageType_MESSAGE_TYPE_JOIN, me.user, room, me.user+" joined"), me)
+			it.joined, it.room = me, room
 		}
 		s.rooms.deliver(room, echo, me)
-		if !push(inbound{echo: echo}) {
+		if !push(it) {
 			return
 		}
 	}
