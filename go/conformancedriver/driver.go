@@ -48,6 +48,9 @@ const (
 	DefaultKeepaliveTimeout = 5 * time.Second
 )
 
+// closeDelay is how long a Run's connection outlives the Run.
+const closeDelay = time.Second
+
 // Driver implements conformancev1.ClientDriverServer.
 type Driver struct {
 	pb.UnimplementedClientDriverServer
@@ -90,7 +93,10 @@ func (d *Driver) Run(req *pb.RunRequest, out pb.ClientDriver_RunServer) error {
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "target %q: %v", req.GetTarget(), err)
 	}
-	defer conn.Close()
+	// Closed a moment after Run ends, so that a cancellation (RST_STREAM) is
+	// on the wire before the connection goes: the server must see the call
+	// cancelled, not the transport closing.
+	defer time.AfterFunc(closeDelay, func() { _ = conn.Close() })
 
 	// The client's call ends when Run is cancelled, so cancelling Run cancels it.
 	ctx := out.Context()

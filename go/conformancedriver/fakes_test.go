@@ -2,6 +2,7 @@ package conformancedriver
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -195,5 +196,42 @@ func TestResilientDeadline(t *testing.T) {
 	d := obs[len(obs)-2].GetDisconnected()
 	if len(obs) != 4 || d.GetCode() != "DEADLINE_EXCEEDED" || d.GetWillRetry() {
 		t.Fatalf("observations %v", obs)
+	}
+}
+
+func TestResilientRefusesBadConfigWithTheServersMessage(t *testing.T) {
+	obs := runAll(t, startDriver(t), &pb.RunRequest{Target: "127.0.0.1:1", Scenario: &pb.RunRequest_Subscribe{Subscribe: &pb.Subscribe{
+		Request: &eventsv1.SubscribeRequest{ClientId: "c", HeartbeatInterval: -5}, Resilient: true,
+	}}})
+	wantCode(t, obs, "INVALID_ARGUMENT")
+	if m := finished(obs).GetMessage(); m != "heartbeat_interval must be >= 0, got -5" {
+		t.Fatalf("message %q", m)
+	}
+}
+
+// The server must see the client's cancel (RST_STREAM), not the connection
+// closing under the call, even when Run ends right after it.
+func TestCancelAfterReachesTheServerAsCancel(t *testing.T) {
+	sendErr := make(chan error, 1)
+	target := startFake(t, &fakeEvents{scripts: []func(*eventsv1.SubscribeRequest, eventsv1.EventService_SubscribeServer) error{
+		func(_ *eventsv1.SubscribeRequest, s eventsv1.EventService_SubscribeServer) error {
+			for i := uint64(1); ; i++ {
+				if err := s.Send(event(i, fmt.Sprint("e", i))); err != nil {
+					sendErr <- err
+					return err
+				}
+			}
+		},
+	}})
+	obs := runAll(t, startDriver(t), &pb.RunRequest{Target: target, CancelAfter: 5, Scenario: &pb.RunRequest_Subscribe{Subscribe: &pb.Subscribe{
+		Request: &eventsv1.SubscribeRequest{ClientId: "c"}}}})
+	wantCode(t, obs, "CANCELLED")
+	select {
+	case err := <-sendErr:
+		if status.Code(err) != codes.Canceled {
+			t.Fatalf("the server's Send failed with %v, want CANCELLED", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server never saw the call end")
 	}
 }

@@ -75,7 +75,10 @@ func (r *run) subscribeResilient(s *pb.Subscribe) error {
 		},
 	})
 	if err != nil { // bad client_id or heartbeat: the client refuses before calling
-		return r.finish(status.Error(codes.InvalidArgument, err.Error()), nil, nil, nil)
+		if _, isStatus := status.FromError(err); !isStatus {
+			err = status.Error(codes.InvalidArgument, err.Error())
+		}
+		return r.finish(err, nil, nil, nil)
 	}
 	err = sub.Run(r.ctx)
 	if stopped {

@@ -408,3 +408,4 @@ async def test_resilient_deadline(driver, fake):
     assert finished(obs).code == "DEADLINE_EXCEEDED"
     gone = obs[2].disconnected
     assert (gone.code, gone.will_retry) == ("DEADLINE_EXCEEDED", False)
+
