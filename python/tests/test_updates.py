@@ -219,6 +219,9 @@ async def test_query_values_are_text(running: Running) -> None:
         "/* lead */ SELECT ';' AS x -- trailing ; comment",
         'SELECT 1 AS "a;b"; -- done',
         "SELECT 1 AS x; /* end */ ",
+        "SELECT 'it''s; fine' AS x",
+        "SELECT 1 AS x /* a block comment left open",
+        "SELECT 1 AS [x;y]",
     ],
 )
 async def test_query_accepts_one_select_with_quotes_and_comments(running: Running, query: str) -> None:
@@ -237,6 +240,9 @@ async def test_query_accepts_one_select_with_quotes_and_comments(running: Runnin
         "(SELECT 1)",
         "INSERT INTO large_table VALUES (0, 'x', 0)",
         "SELECT ';'; DROP TABLE large_table",
+        ";SELECT 1",
+        "\u00a0SELECT 1",  # only ASCII whitespace separates tokens
+        "SELECT 1; -- fine\nSELECT 2",
     ],
 )
 async def test_query_rejects_anything_but_a_single_select(running: Running, query: str) -> None:

@@ -100,10 +100,11 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         # Join before the welcome: once the client has the welcome, every later
         # room message reaches it.
         self._rooms.join(room, member)
+        # Others hear of the join before this stream can end, so a LEAVE always follows a JOIN.
+        self._rooms.deliver(room, system_message(JOIN, member.user, room, f"{member.user} joined"), member)
         try:
             welcome = system_message(SYSTEM, "system", room, f"welcome to {room}, {member.user}")
             yield stamped(welcome, 1)
-            self._rooms.deliver(room, system_message(JOIN, member.user, room, f"{member.user} joined"), member)
             sequence = 1
             while True:
                 message = await member.queue.get()

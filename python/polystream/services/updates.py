@@ -27,7 +27,7 @@ from polystream.updates.v1 import updates_pb2, updates_pb2_grpc
 
 T = TypeVar("T")
 
-QUERY_WORKERS = 4  # SQLite work never runs on the event loop; at most this many at once
+QUERY_WORKERS = 8  # SQLite work never runs on the event loop; at most this many at once (Go: 8 connections)
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:

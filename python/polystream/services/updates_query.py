@@ -15,7 +15,7 @@ import pathlib
 import sqlite3
 import tempfile
 import threading
-from typing import Any, Iterator
+from typing import Any
 
 SEED_ROWS = 10_000
 DEFAULT_BATCH_SIZE = 100
@@ -71,70 +71,83 @@ def total_batches(row_count: int, batch_size: int) -> int:
 
 # --- the single-SELECT check -------------------------------------------------
 #
-# Rules (the Go server uses the same ones):
-# - whitespace, `-- line` and `/* block */` comments separate tokens;
-# - '...', "...", `...` and [...] are quoted (a doubled quote character stays
-#   inside); an unterminated quote or comment runs to the end of the text;
-# - one statement: a `;` outside quotes/comments may end it, and only
-#   whitespace and comments may follow it;
-# - the first keyword is SELECT or WITH (case-insensitive).
+# A tokenizer, not a parser, with exactly the Go server's rules
+# (go/updates/query_check.go):
+# - ASCII whitespace, `-- line` and `/* block */` comments separate tokens
+#   (an unterminated block comment runs to the end, as SQLite allows);
+# - '...', "...", `...` and [...] are one token (a doubled quote character
+#   stays inside; [...] has no escapes); unterminated, it runs to the end and
+#   SQLite reports the error;
+# - words are runs of ASCII letters, digits, `_`, `$` and non-ASCII characters;
+#   any other character is a token of its own;
+# - one statement: a `;` may end it, and only whitespace and comments may follow;
+# - the first token is SELECT or WITH (case-insensitive).
+# The read-only connection, not this check, is what keeps the data safe.
 
+_WHITESPACE = frozenset(" \t\n\r\f\v")
 _CLOSERS = {"'": "'", '"': '"', "`": "`", "[": "]"}
 
 
-def _tokens(sql: str) -> Iterator[tuple[str, int, int]]:
-    """Yields (kind, start, end) with kind "word", "quoted", ";" or "other"; skips comments."""
-    i, n = 0, len(sql)
-    while i < n:
-        ch = sql[i]
-        if ch.isspace():
-            i += 1
-        elif sql.startswith("--", i):
-            newline = sql.find("\n", i)
-            i = n if newline < 0 else newline + 1
-        elif sql.startswith("/*", i):
-            close = sql.find("*/", i + 2)
-            i = n if close < 0 else close + 2
-        elif ch in _CLOSERS:
-            closer, j = _CLOSERS[ch], i + 1
-            while True:
-                j = sql.find(closer, j)
-                if j < 0:
-                    j = n
-                    break
-                if closer != "]" and sql.startswith(closer * 2, j):
-                    j += 2  # doubled quote: still inside
-                    continue
-                j += 1
-                break
-            yield "quoted", i, j
-            i = j
-        elif ch.isalpha() or ch == "_":
-            j = i + 1
-            while j < n and (sql[j].isalnum() or sql[j] in "_$"):
-                j += 1
-            yield "word", i, j
-            i = j
-        elif ch == ";":
-            yield ";", i, i + 1
-            i += 1
-        else:
-            yield "other", i, i + 1
-            i += 1
+def _is_word_char(ch: str) -> bool:
+    return ch == "_" or ch == "$" or ("0" <= ch <= "9") or ("a" <= ch.lower() <= "z") or ord(ch) >= 0x80
+
+
+def _skip_quoted(sql: str, i: int) -> int:
+    """Index just past the quoted token starting at i."""
+    closer = _CLOSERS[sql[i]]
+    j = i + 1
+    while j < len(sql):
+        if sql[j] == closer:
+            if closer != "]" and j + 1 < len(sql) and sql[j + 1] == closer:
+                j += 2  # escaped quote
+                continue
+            return j + 1
+        j += 1
+    return len(sql)
 
 
 def single_select(sql: str) -> str:
-    """Returns the statement without its terminating `;`, or raises QueryRejected."""
-    tokens = _tokens(sql)
-    first = next(tokens, None)
-    if first is None or first[0] != "word" or sql[first[1] : first[2]].upper() not in ("SELECT", "WITH"):
-        raise QueryRejected(NOT_A_SINGLE_SELECT)
-    for kind, start, _ in tokens:
-        if kind == ";":
-            if next(tokens, None) is not None:
+    """The statement without its `;` and trailing comments (ready to be wrapped in
+    SELECT COUNT(*) FROM (...)), or QueryRejected."""
+    first: str | None = None
+    last_end = 0
+    ended = False
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch in _WHITESPACE:
+            i += 1
+            continue
+        if sql.startswith("--", i):
+            newline = sql.find("\n", i)
+            i = n if newline < 0 else newline + 1
+            continue
+        if sql.startswith("/*", i):
+            close = sql.find("*/", i + 2)
+            i = n if close < 0 else close + 2
+            continue
+        if ch == ";":
+            if ended:  # ";;" is a second (empty) statement
                 raise QueryRejected(NOT_A_SINGLE_SELECT)
-            return sql[:start]
-    return sql
+            ended = True
+            i += 1
+            continue
+        if ch in _CLOSERS:
+            end = _skip_quoted(sql, i)
+        elif _is_word_char(ch):
+            end = i + 1
+            while end < n and _is_word_char(sql[end]):
+                end += 1
+        else:  # operators, parentheses, punctuation
+            end = i + 1
+        if ended:  # something after the ";": a second statement
+            raise QueryRejected(NOT_A_SINGLE_SELECT)
+        if first is None:
+            first = sql[i:end].upper()
+        last_end, i = end, end
+    if first not in ("SELECT", "WITH"):
+        raise QueryRejected(NOT_A_SINGLE_SELECT)
+    return sql[:last_end]
 
 
 # --- values as text ----------------------------------------------------------
