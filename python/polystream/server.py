@@ -18,13 +18,13 @@ import grpc
 
 from polystream import config as config_module
 from polystream import reflection
+from polystream.chat.v1 import chat_pb2  # noqa: F401  (loads the descriptors that reflection serves)
 from polystream.config import ServerConfig
-from polystream.chat.v1 import chat_pb2  # noqa: F401  (descriptors for reflection)
 from polystream.events.v1 import events_pb2  # noqa: F401
 from polystream.services.chat import ChatService
 from polystream.services.events import EventService
-from polystream.updates.v1 import updates_pb2  # noqa: F401
 from polystream.services.updates import UpdatesService
+from polystream.updates.v1 import updates_pb2  # noqa: F401
 from polystream.vendor import grpc_health_v1_pb2 as health_pb
 from polystream.vendor import grpc_health_v1_pb2_grpc as health_grpc
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import grpc
 
@@ -54,7 +54,7 @@ QueueItem = Union[StoredEvent, DroppedMarker, SubscriptionUpdated, EndOfStream]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Closed:
-    """Why a queue stopped: `code` None = ended normally (client half-closed)."""
+    """Why a queue stopped: `code` None = the stream ends normally (the client went away)."""
 
     code: Optional[grpc.StatusCode] = None
     details: str = ""
@@ -69,7 +69,7 @@ class QueueClosed(Exception):
 class SubscriberQueue:
     """One consumer (the stream handler), many producers (publishers)."""
 
-    def __init__(self, capacity: int, policy: str, on_drop=lambda n: None) -> None:
+    def __init__(self, capacity: int, policy: str, on_drop: Callable[[int], None] = lambda n: None) -> None:
         self.capacity = capacity
         self.policy = policy
         self._items: collections.deque[QueueItem] = collections.deque()
@@ -95,7 +95,7 @@ class SubscriberQueue:
 
     def offer(self, event: StoredEvent) -> bool:
         """Queues `event` or applies the policy; True if the event was queued.
-        With policy block a full queue returns False and the caller waits with `wait_for_room`."""
+        With policy block a full queue returns False and the caller waits with `offer_within`."""
         if self._closed is not None or self._finishing:
             return False
         if not self.full:
