@@ -285,7 +285,7 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
         ("grpc.so_reuseport", 0),  # port 0 must mean a port nobody else holds
     ]
     if config.max_concurrent_streams > 0:
-        options.append(("grpc.max_concurrent_streams", config.max_concurrent_streams))
+        options.append(("grpc.max_concurrent_streams", config.max_concurrent_streams))  # per connection, as in Go
     return options
 
 

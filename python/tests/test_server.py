@@ -455,3 +455,17 @@ async def test_graceful_shutdown_ends_the_long_lived_streams_of_every_service(st
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await upload
     assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+
+
+async def test_max_concurrent_streams_makes_extra_calls_wait(start_server, open_channel):
+    server = await start_server(max_concurrent_streams=1)
+    stub = pb_grpc.EventServiceStub(open_channel(server.address))
+    first = stub.Subscribe(pb.SubscribeRequest(client_id="one"))
+    await first.initial_metadata()
+    second = stub.Subscribe(pb.SubscribeRequest(client_id="two"))
+    waiting = asyncio.ensure_future(second.initial_metadata())
+    done, _ = await asyncio.wait({waiting}, timeout=0.5)
+    assert not done, "a second stream on the connection started beyond the limit"
+    first.cancel()
+    await asyncio.wait_for(waiting, 5)  # admitted once the first ended
+    second.cancel()
