@@ -310,7 +310,7 @@ def test_main_prints_the_address_and_stops_gracefully_on_sigterm(tmp_path):
         assert (tmp_path / "events.db").exists()
     finally:
         process.kill()
-        process.wait()
+        process.communicate()  # reaps it and closes the pipes
 
 
 def test_main_rejects_bad_flags_with_exit_2():
