@@ -293,6 +293,38 @@ async def test_query_connection_is_read_only(running: Running) -> None:
     assert result.rows[0].columns["n"] == "10000"
 
 
+async def test_a_value_larger_than_1_mib_is_refused_by_sqlite(running: Running) -> None:
+    await expect_error(
+        running.stub.StreamQueryResults(pb.QueryRequest(query="SELECT length(zeroblob(2000000)) AS n")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "query failed: string or blob too big",
+    )
+
+
+async def test_a_batch_larger_than_8_mib_ends_the_stream_after_the_batches_before_it(running: Running) -> None:
+    # 1,000,000 characters a row: batches of 3 rows fit (and fit a 4 MiB message), of 10 do not.
+    wide = "SELECT id, replace(hex(zeroblob(500000)), '00', 'xy') AS v FROM large_table WHERE id <= 12 ORDER BY id"
+    fitting = await run_query(running, wide, batch_size=3)
+    assert [len(r.rows) for r in fitting] == [3, 3, 3, 3]
+    assert len(fitting[0].rows[0].columns["v"]) == 1_000_000
+    # Rows 1..10 are short, 11..20 wide: the first batch goes out, the second ends the stream.
+    mixed = (
+        "SELECT id, CASE WHEN id > 10 THEN replace(hex(zeroblob(500000)), '00', 'xy') ELSE 'x' END AS v "
+        "FROM large_table WHERE id <= 20 ORDER BY id"
+    )
+    call = running.stub.StreamQueryResults(pb.QueryRequest(query=mixed, batch_size=10))
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for result in call:
+            received.append(result)
+    assert [(r.batch_number, len(r.rows), r.is_last) for r in received] == [(1, 10, False)]
+    assert (info.value.code(), info.value.details()) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "query batch larger than 8388608 bytes; use a smaller batch_size",
+    )
+    await eventually(lambda: running.service.active_queries == 0, "the query to close")
+
+
 async def test_cancelling_an_endless_query_stops_it(running: Running) -> None:
     endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT x FROM n"
     call = running.stub.StreamQueryResults(pb.QueryRequest(query=endless))
@@ -410,6 +442,21 @@ async def test_start_job_rejects_out_of_range(running: Running, request_, messag
     await expect_error(running.stub.StartJob(request_), grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+async def test_at_most_10000_jobs_run_at_once(running: Running) -> None:
+    from polystream.services import updates_jobs
+
+    jobs = running.service.jobs
+    spec = updates_jobs.JobSpec(name="", steps=1, step_seconds=60.0, fail_at_step=0)
+    first = jobs.start(spec)  # the service's own manager, to reach the limit quickly
+    for _ in range(updates_jobs.MAX_RUNNING - 1):
+        jobs.start(spec)
+    await expect_error(
+        running.stub.StartJob(pb.StartJobRequest()), grpc.StatusCode.RESOURCE_EXHAUSTED, "too many running jobs (10000)"
+    )
+    await running.stub.CancelJob(pb.CancelJobRequest(job_id=first.id))
+    assert (await running.stub.StartJob(pb.StartJobRequest(steps=1, step_duration_ms=1))).job_id == "job-10001"
+
+
 async def test_unknown_and_missing_job_ids(running: Running) -> None:
     for call in (
         lambda r: running.stub.WatchJobProgress(pb.JobRequest(job_id=r)),
@@ -518,6 +565,19 @@ async def test_tail_rejects_bad_arguments(running: Running) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "lines must be >= 0, got -1",
     )
+
+
+async def test_a_changed_query_database_is_reseeded(start_updates, tmp_path: pathlib.Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "query.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE large_table (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value INTEGER NOT NULL)")
+        conn.execute("INSERT INTO large_table VALUES (1, 'tampered', 0)")
+    conn.close()
+    running = await start_updates(data_dir=str(tmp_path))
+    (result,) = await run_query(running, "SELECT COUNT(*) AS n, MAX(name) AS last FROM large_table")
+    assert dict(result.rows[0].columns) == {"n": "10000", "last": "item-10000"}
 
 
 async def test_query_database_is_seeded_in_a_temp_dir_without_data_dir(start_updates) -> None:

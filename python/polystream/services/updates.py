@@ -77,6 +77,10 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
         return self._db_path
 
     @property
+    def jobs(self) -> updates_jobs.JobManager:
+        return self._jobs
+
+    @property
     def topic_subscribers(self) -> int:
         return self._topics.subscriber_count()
 
@@ -141,23 +145,22 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
             try:
                 row_count = await self._in_query_pool(run.start)
                 total = updates_query.total_batches(row_count, batch_size)
-                rows = await self._in_query_pool(run.fetch)
-                batch_number = 1
-                while True:
-                    # One batch ahead, so `is_last` is the truth, not the count's guess.
-                    upcoming = await self._in_query_pool(run.fetch) if len(rows) == batch_size else []
-                    if total < batch_number or (not upcoming and total != batch_number):
+                batch_number = 0
+                last = False
+                while not last:
+                    rows, last = await self._in_query_pool(run.fetch)
+                    batch_number += 1
+                    if total < batch_number or (last and total != batch_number):
                         total = batch_number  # the data moved between COUNT and SELECT (random(), say)
                     yield updates_pb2.QueryResult(
                         rows=[updates_pb2.Row(columns=row) for row in rows],
                         batch_number=batch_number,
                         total_batches=total,
-                        is_last=not upcoming,
+                        is_last=last,
                         sequence=batch_number,
                     )
-                    if not upcoming:
-                        return
-                    rows, batch_number = upcoming, batch_number + 1
+            except updates_query.BatchTooLarge as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             except sqlite3.Error as exc:
                 if run.stopped:
                     raise asyncio.CancelledError() from exc
@@ -188,7 +191,10 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
             spec = updates_jobs.JobSpec.from_request(request)
         except updates_jobs.JobRejected as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        job = self._jobs.start(spec)
+        try:
+            job = self._jobs.start(spec)
+        except updates_jobs.TooManyJobs as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         return updates_pb2.StartJobResponse(job_id=job.id)
 
     async def CancelJob(

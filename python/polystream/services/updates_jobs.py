@@ -31,10 +31,17 @@ MAX_STEPS = 1000
 DEFAULT_STEP_MS = 200
 MAX_STEP_MS = 60_000
 KEEP_FINISHED = 1000
+# Bounds the memory and tasks StartJob calls can pin (finished jobs are bounded by KEEP_FINISHED).
+MAX_RUNNING = 10_000
 
 
 class JobRejected(ValueError):
     """Bad StartJob arguments (the message is the client's status text)."""
+
+
+class TooManyJobs(Exception):
+    def __str__(self) -> str:
+        return f"too many running jobs ({MAX_RUNNING})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +111,13 @@ class JobManager:
         self._finished: collections.deque[str] = collections.deque()  # oldest first
         self._last_number = 0
 
+    @property
+    def running(self) -> int:
+        return len(self._jobs) - len(self._finished)
+
     def start(self, spec: JobSpec) -> Job:
+        if self.running >= MAX_RUNNING:
+            raise TooManyJobs()
         self._last_number += 1
         job = Job(f"job-{self._last_number}", spec)
         self._jobs[job.id] = job

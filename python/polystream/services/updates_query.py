@@ -21,6 +21,11 @@ SEED_ROWS = 10_000
 DEFAULT_BATCH_SIZE = 100
 MAX_BATCH_SIZE = 10_000
 DB_FILE_NAME = "query.db"  # the Go server's name too
+# Memory bounds whatever the SQL (as in Go): one value (string or blob, also an
+# intermediate one such as zeroblob(1e9)) and one batch's text.
+MAX_VALUE_BYTES = 1 << 20
+MAX_BATCH_BYTES = 8 << 20
+CREATE_TABLE = "CREATE TABLE large_table (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value INTEGER NOT NULL)"
 
 NOT_A_SINGLE_SELECT = "only a single SELECT statement is allowed"
 
@@ -29,11 +34,18 @@ class QueryRejected(ValueError):
     """The text is not one SELECT statement (the message is the client's status text)."""
 
 
+class BatchTooLarge(Exception):
+    def __str__(self) -> str:
+        return f"query batch larger than {MAX_BATCH_BYTES} bytes; use a smaller batch_size"
+
+
 def seed_database(path: str) -> None:
-    """(Re)builds the file with the contract's rows, aside then renamed into place,
-    so the data is always exactly the contract's and never half-seeded."""
+    """Makes sure the file holds exactly the contract's table, rebuilding it if not:
+    aside, then renamed into place, so a reader never sees a half-seeded file."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
+    if is_seeded(path):
+        return
     fd, aside = tempfile.mkstemp(prefix=os.path.basename(path) + ".seed-", dir=directory)
     os.close(fd)
     try:
@@ -44,14 +56,31 @@ def seed_database(path: str) -> None:
             os.remove(aside)
 
 
+def is_seeded(path: str) -> bool:
+    """True when the file holds the contract's table and nothing else, checked row by row in SQLite."""
+    if not os.path.exists(path):
+        return False
+    try:
+        uri = pathlib.Path(path).absolute().as_uri() + "?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            objects, schema = conn.execute("SELECT COUNT(*), COALESCE(MAX(sql), '') FROM sqlite_master").fetchone()
+            if objects != 1 or schema != CREATE_TABLE:
+                return False
+            checks = conn.execute(
+                "SELECT COUNT(*), SUM(id BETWEEN 1 AND ?1), SUM(name = printf('item-%05d', id)),"
+                " SUM(value = (id * 7919) % 10007) FROM large_table",
+                (SEED_ROWS,),
+            ).fetchone()
+            return all(check == SEED_ROWS for check in checks)
+    except sqlite3.Error:
+        return False
+
+
 def _seed(path: str) -> None:
     with contextlib.closing(sqlite3.connect(path)) as conn:
         with conn:  # one transaction
             conn.execute("DROP TABLE IF EXISTS large_table")
-            conn.execute(
-                "CREATE TABLE large_table ("
-                "id INTEGER PRIMARY KEY, name TEXT NOT NULL, value INTEGER NOT NULL)"
-            )
+            conn.execute(CREATE_TABLE)
             conn.executemany(
                 "INSERT INTO large_table (id, name, value) VALUES (?, ?, ?)",
                 ((i, f"item-{i:05d}", (i * 7919) % 10007) for i in range(1, SEED_ROWS + 1)),
@@ -180,6 +209,7 @@ class QueryRun:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None
+        self._ahead: tuple | None = None  # the row read ahead of the current batch
         self.columns: list[str] = []
         self.stopped = False
         self.closed = threading.Event()
@@ -190,21 +220,33 @@ class QueryRun:
             self._check_running()
             self._conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
             self._conn.execute("PRAGMA query_only = ON")
+            self._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
             self._check_running()
             # A newline before ")" keeps a trailing `-- comment` from eating it.
             (count,) = self._conn.execute(f"SELECT COUNT(*) FROM (\n{self._statement}\n)").fetchone()
             self._check_running()
             self._cursor = self._conn.execute(self._statement)
             self.columns = [d[0] for d in self._cursor.description or ()]
+            self._ahead = self._cursor.fetchone()
             return int(count)
 
-    def fetch(self) -> list[dict[str, str]]:
-        """The next batch (fewer rows than the batch size only at the end)."""
+    def fetch(self) -> tuple[list[dict[str, str]], bool]:
+        """The next batch and whether it is the last. Rows are read one at a time
+        and one row ahead, so `is_last` is the cursor's truth and no more than a
+        batch plus one row (and at most MAX_BATCH_BYTES of text) is in memory."""
         with self._lock:
             self._check_running()
             assert self._cursor is not None
-            rows = self._cursor.fetchmany(self._batch_size)
-            return [{name: value_text(v) for name, v in zip(self.columns, row)} for row in rows]
+            batch: list[dict[str, str]] = []
+            size = 0
+            while self._ahead is not None and len(batch) < self._batch_size:
+                row = {name: value_text(v) for name, v in zip(self.columns, self._ahead)}
+                size += sum(len(name.encode()) + len(text.encode()) for name, text in row.items())
+                batch.append(row)
+                if size > MAX_BATCH_BYTES:
+                    raise BatchTooLarge()
+                self._ahead = self._cursor.fetchone()
+            return batch, self._ahead is None
 
     def stop(self) -> None:
         """Stops the statement that is running and any further fetch."""
