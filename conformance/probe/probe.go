@@ -241,3 +241,55 @@ func (p *Probe) Logs(ctx context.Context, lines int) ([]LogRecord, error) {
 	}
 	return out, nil
 }
+
+// LogFollower collects the server's log records as they are written
+// (TailLogs with follow), so a record is not lost when a busy server's
+// ring of recent records moves past it.
+type LogFollower struct {
+	mu   sync.Mutex
+	recs []LogRecord
+	stop context.CancelFunc
+}
+
+// Follow starts collecting; Stop ends it. Errors end the collection quietly
+// (e.g. the server restarted): Logs still has the ring to fall back on.
+func (p *Probe) Follow(ctx context.Context) *LogFollower {
+	ctx, cancel := context.WithCancel(ctx)
+	f := &LogFollower{stop: cancel}
+	// Not waited for: a server may send no headers before its first record.
+	// Records of the case's own calls come well after it is open; the ring
+	// (Logs) covers the rest.
+	go func() {
+		defer cancel()
+		cc, err := p.Conn(ctx)
+		if err != nil {
+			return
+		}
+		st, err := updatesv1.NewStreamServiceClient(cc).TailLogs(ctx, &updatesv1.LogRequest{LogLevel: "debug", Follow: true})
+		if err != nil {
+			return
+		}
+		for {
+			e, err := st.Recv()
+			if err != nil {
+				return
+			}
+			f.mu.Lock()
+			if len(f.recs) < 200000 {
+				f.recs = append(f.recs, LogRecord{At: e.GetTimestamp().AsTime(), Level: e.GetLevel(), Message: e.GetMessage(), Service: e.GetService(), Fields: e.GetFields()})
+			}
+			f.mu.Unlock()
+		}
+	}()
+	return f
+}
+
+// Records returns what was collected so far.
+func (f *LogFollower) Records() []LogRecord {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]LogRecord(nil), f.recs...)
+}
+
+// Stop ends the collection.
+func (f *LogFollower) Stop() { f.stop() }

@@ -75,8 +75,8 @@ type Options struct {
 	// SelfTest runs selftest.yaml instead of the matrix: each listed case
 	// against servers started with --fault, where it must fail.
 	SelfTest bool
-	// Parallel is how many server images are tested at once (each server
-	// image's cases run one after another).
+	// Parallel is how many client × server pairs are tested at once (each
+	// pair's cases run one after another, on servers of its own).
 	Parallel int
 	// Log receives progress lines.
 	Log func(format string, args ...any)
@@ -195,14 +195,18 @@ func (m *matrix) run(ctx context.Context) []Outcome {
 	}
 	sem := make(chan struct{}, par)
 	var wg sync.WaitGroup
+	// One track per client × server pair, each with server containers of
+	// its own, so no two cases ever share a server at the same time.
 	for _, sv := range servers {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			m.serverTrack(ctx, sv, clients, cases)
-		}()
+		for _, cl := range clients {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				m.serverTrack(ctx, sv, []*config.Implementation{cl}, cases)
+			}()
+		}
 	}
 	wg.Wait()
 	return m.out
@@ -357,13 +361,23 @@ func (m *matrix) startServer(ctx context.Context, im *config.Implementation, c *
 }
 
 // serverView adapts a server container and its probe to checks.Server.
-type serverView struct{ s *serverHandle }
+type serverView struct {
+	s      *serverHandle
+	follow *probe.LogFollower
+}
 
 func (v serverView) WaitStreams(ctx context.Context, ids []string, want int, within time.Duration) (map[string]int, error) {
 	return v.s.probe.WaitStreams(ctx, ids, want, within)
 }
 func (v serverView) Logs(ctx context.Context, lines int) ([]probe.LogRecord, error) {
-	return v.s.probe.Logs(ctx, lines)
+	recs, err := v.s.probe.Logs(ctx, lines)
+	if v.follow != nil {
+		recs = append(v.follow.Records(), recs...)
+		if len(recs) > 0 {
+			err = nil
+		}
+	}
+	return recs, err
 }
 func (v serverView) MemoryBytes(ctx context.Context) (uint64, error) { return v.s.c.MemoryBytes(ctx) }
 
@@ -388,6 +402,10 @@ func (m *matrix) runCase(ctx context.Context, cr caseRun, cl, sv *config.Impleme
 	defer cancel()
 
 	x := &execution{m: m, c: c, srv: srv, start: start, deadline: start.Add(c.Timeout.D())}
+	// The server's log as it is written during the case (checks fall back
+	// on its ring of recent records when this stream broke, e.g. a restart).
+	follow := srv.probe.Follow(ctx)
+	defer follow.Stop()
 	// Background ghz load for the under-load variant.
 	var loadDone chan *load.Summary
 	if cr.load != nil {
@@ -461,7 +479,7 @@ func (m *matrix) runCase(ctx context.Context, cr caseRun, cl, sv *config.Impleme
 	}
 	x.wg.Wait() // async publishes
 
-	in := &checks.Input{Case: c, StartedAt: start, ClientIDs: x.ids, Published: x.published, PublishSpans: x.spans, Faults: x.faults, Server: serverView{srv}}
+	in := &checks.Input{Case: c, StartedAt: start, ClientIDs: x.ids, Published: x.published, PublishSpans: x.spans, Faults: x.faults, Server: serverView{s: srv, follow: follow}}
 	for _, s := range x.sessions {
 		in.Sessions = append(in.Sessions, s.Snapshot())
 	}

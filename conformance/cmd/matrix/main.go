@@ -34,7 +34,7 @@ func main() {
 	clients := flag.String("clients", "", "comma-separated client implementations (default all)")
 	servers := flag.String("servers", "", "comma-separated server implementations (default all)")
 	selftest := flag.Bool("selftest", false, "run selftest.yaml: cases against servers started with --fault, where they must fail")
-	parallel := flag.Int("parallel", 2, "server images tested at once")
+	parallel := flag.Int("parallel", 4, "client × server pairs tested at once")
 	list := flag.Bool("list", false, "list the cases and exit")
 	budget := flag.Duration("budget", 14*time.Minute, "stop starting cases after this long (the rest are reported as errors)")
 	flag.Parse()
