@@ -378,3 +378,27 @@ async def test_metrics_reject_a_negative_interval(running: Running) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "interval_seconds must be >= 0, got -1",
     )
+
+
+async def test_server_shutdown_ends_every_chat_stream(running: Running) -> None:
+    listener = await subscribe(running, "listener", room="s")
+    outgoing: asyncio.Queue[pb.Message | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[pb.Message]:
+        while (message := await outgoing.get()) is not None:
+            yield message
+
+    chat = running.stub.Chat(requests())
+    await outgoing.put(pb.Message(user="ann", content="hi", room="s"))
+    await take(chat, 1)
+    metrics = running.stub.StreamMetrics(pb.MetricsRequest())
+    await take(metrics, 5)
+
+    await running.server.stop()
+    for call in (listener, chat, metrics):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+        assert (info.value.code(), info.value.details()) == (grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+    await outgoing.put(None)  # lets the client's request iterator finish
+    assert running.service.members("s") == 0

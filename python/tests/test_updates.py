@@ -17,6 +17,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import grpc
 import pytest
 
+from polystream.server import RunningServer
 from polystream.services.updates import UpdatesService
 from polystream.updates.v1 import updates_pb2 as pb
 from polystream.updates.v1 import updates_pb2_grpc
@@ -29,6 +30,7 @@ NO_BDP = [("grpc.http2.bdp_probe", 0)]  # fixed flow-control windows
 class Running:
     service: UpdatesService
     stub: updates_pb2_grpc.StreamServiceStub
+    server: RunningServer
 
 
 async def eventually(condition: Callable[[], bool], what: str) -> None:
@@ -50,7 +52,7 @@ async def start_updates(start_server, open_channel, tmp_path: pathlib.Path) -> C
     async def start(**overrides: object) -> Running:
         server = await start_server(**({"data_dir": str(tmp_path), "log_level": "debug"} | overrides))
         channel = open_channel(server.address, options=NO_BDP)
-        return Running(server.updates, updates_pb2_grpc.StreamServiceStub(channel))
+        return Running(server.updates, updates_pb2_grpc.StreamServiceStub(channel), server)
 
     return start
 
@@ -586,3 +588,26 @@ async def test_query_database_is_seeded_in_a_temp_dir_without_data_dir(start_upd
     assert path.exists()
     await running.service.close()
     assert not path.parent.exists()
+
+
+async def test_server_shutdown_ends_every_stream_and_stops_queries_and_jobs(running: Running) -> None:
+    endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT x FROM n"
+    query = running.stub.StreamQueryResults(pb.QueryRequest(query=endless))
+    updates = running.stub.SubscribeToUpdates(pb.SubscribeRequest(topics=["t"]))
+    tail = running.stub.TailLogs(pb.LogRequest(service_name="nobody", follow=True))
+    job_id = (await running.stub.StartJob(pb.StartJobRequest(steps=10, step_duration_ms=60000))).job_id
+    watcher = running.stub.WatchJobProgress(pb.JobRequest(job_id=job_id))
+    await updates.initial_metadata()
+    await tail.initial_metadata()
+    await take(watcher, 1)
+    await eventually(lambda: running.service.active_queries == 1, "the query to run")
+    job = running.service.jobs.get(job_id)
+
+    await running.server.stop()
+    for call in (query, updates, tail, watcher):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+        assert (info.value.code(), info.value.details()) == (grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+    assert running.service.active_queries == 0
+    assert job is not None and job.state.status == S.Value("JOB_STATUS_CANCELLED")
