@@ -170,6 +170,37 @@ async def test_join_and_leave_are_seen_by_others_never_by_oneself(running: Runni
     await eventually(lambda: running.service.members("r") == 0, "the room to empty")
 
 
+async def test_a_stalled_subscriber_does_not_hold_up_the_room(start_server, open_channel) -> None:
+    server = await start_server()
+    # The stalled reader has its own connection with fixed windows, so its
+    # transport fills after a few messages and its queue (256) after that.
+    stalled_stub = chat_pb2_grpc.ChatServiceStub(open_channel(server.address, options=[("grpc.http2.bdp_probe", 0)]))
+    stub = chat_pb2_grpc.ChatServiceStub(open_channel(server.address))
+    running = Running(server.chat, stub, server)
+    stalled = stalled_stub.SubscribeMessages(pb.SubscribeRequest(user="stalled", room="busy"))
+    await take(stalled, 1)  # the welcome; then it stops reading
+    live = await subscribe(running, "live", room="busy")
+
+    total = 400
+    body = "x" * 20_000
+    for i in range(total):  # never waits for the stalled reader
+        await stub.SendMessage(pb.SendMessageRequest(user="bob", content=f"{i}:{body}", room="busy"))
+    got = await take(live, total)
+    assert [m.content.split(":")[0] for m in got] == [str(i) for i in range(total)]
+
+    # The stalled stream lost messages (counted by the server) but numbers what it got without gaps.
+    dropped = server.chat.dropped("busy")  # the live member dropped nothing: it got every message
+    assert dropped > 0
+    received = 1 + total - dropped  # live's JOIN and the chats the stalled queue took
+    stalled_got = await take(stalled, received)
+    assert [m.sequence for m in stalled_got] == list(range(2, received + 2))
+    assert (stalled_got[0].type, stalled_got[0].user) == (JOIN, "live")
+    indexes = [int(m.content.split(":")[0]) for m in stalled_got[1:]]
+    assert indexes == sorted(indexes) and len(indexes) < total
+    stalled.cancel()
+    live.cancel()
+
+
 # --- client streaming --------------------------------------------------------------------
 
 

@@ -65,6 +65,10 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         """How many streams are in the room now (observable by tests)."""
         return self._rooms.count(room_name(room))
 
+    def dropped(self, room: str) -> int:
+        """How many room messages the room's current members have missed (observable by tests)."""
+        return self._rooms.dropped(room_name(room))
+
     # --- unary and client streaming ---------------------------------------------
 
     async def SendMessage(

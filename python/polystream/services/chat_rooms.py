@@ -87,6 +87,10 @@ class RoomHub:
     def count(self, room: str) -> int:
         return len(self._rooms.get(room, ()))
 
+    def dropped(self, room: str) -> int:
+        """How many messages the room's current members have missed so far."""
+        return sum(member.dropped for member in self._rooms.get(room, ()))
+
 
 def room_name(room: str) -> str:
     return room or DEFAULT_ROOM
