@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import pathlib
 import socket
 import sys
@@ -444,3 +445,51 @@ async def test_real_server_rejection_is_not_retried(start_server):
             await asyncio.wait_for(subscriber.run(), 10)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details() == "client_id is required"
+
+
+async def test_slow_subscriber_cut_off_by_the_server_resumes_without_loss(start_server):
+    """The disconnect policy ends a slow stream with RESOURCE_EXHAUSTED; the
+    subscriber retries, resumes from its last event and still gets every
+    event once, in order."""
+    server = await start_server(port=0, queue_size=4, backpressure="disconnect")
+    addr = f"127.0.0.1:{server.port}"
+    client_id = f"slow-{uuid.uuid4()}"
+    codes = []
+    # Fixed HTTP/2 windows (no BDP probing) and 32 KiB events: the transport
+    # cannot soak up the backlog, so the server's queue really fills.
+    channel = create_channel(addr, options=[("grpc.http2.bdp_probe", 0)])
+    subscriber = ResilientSubscriber(
+        channel,
+        client_id,
+        event_types=["slow.*"],
+        backoff=fast_backoff(),
+        on_disconnect=lambda error, *_: codes.append(getattr(error, "code", lambda: None)()),
+    )
+    received: list[str] = []
+
+    async def consume_slowly():
+        async for ev in subscriber:
+            received.append(ev.id)
+            await asyncio.sleep(0.02)
+            if len(received) == 40:
+                return
+
+    consumer = asyncio.create_task(consume_slowly())
+    try:
+        await until_connected(addr, client_id)
+        payload = json.dumps({"padding": "x" * 32 * 1024})
+        async with create_channel(addr) as publisher:
+            stub = events_pb2_grpc.EventServiceStub(publisher)
+            published = await asyncio.gather(
+                *(
+                    stub.Broadcast(events_pb2.BroadcastRequest(event=events_pb2.Event(type="slow.n", data=payload)))
+                    for _ in range(40)
+                )
+            )
+        await asyncio.wait_for(consumer, 30)
+    finally:
+        consumer.cancel()
+        await subscriber.close()
+        await channel.close()
+    assert received == [r.event_id for r in sorted(published, key=lambda r: r.sequence)]
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, "the server should have cut the slow stream at least once"
