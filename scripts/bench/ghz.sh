@@ -8,14 +8,14 @@
 # goes first so that the machine's drift hurts both alike. ghz reads the
 # compiled descriptors in proto/polystream.protoset, never server reflection
 # (grpcio's reflection does not serve what ghz asks for). Every run is bounded
-# in count (-n) and in time (-x: at most that long, -n still respected; ghz's
-# -z would ignore -n) and each call by --timeout.
+# in count (-n), in wall time (timeout -s INT around ghz) and each call by
+# --timeout.
 #
 # Output: OUTDIR/<profile>.<server>.r<round>.json (ghz's JSON report),
 # OUTDIR/summary.md and OUTDIR/summary.html (scripts/bench/ghz_summary.py:
 # rps and p50/p99 per server, Go:Python ratios), server logs.
 #
-# Environment: ROUNDS (2), PROFILES (all: "broadcast status sendmessage query"),
+# Environment: ROUNDS (3), PROFILES (all: "broadcast status sendmessage query"),
 # PYTHON (/usr/bin/python3), GHZ (ghz from GOPATH/bin, installed pinned if
 # missing).
 set -euo pipefail
@@ -24,7 +24,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 export PATH=/usr/local/go/bin:$PATH
 PYTHON=${PYTHON:-/usr/bin/python3}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 PROFILES=${PROFILES:-broadcast status sendmessage query}
 OUT=${1:-bench-results/ghz-$(date -u +%Y%m%dT%H%M%SZ)}
 PROTOSET=proto/polystream.protoset
@@ -37,21 +37,33 @@ fi
 [[ -x bin/polystream ]] || CGO_ENABLED=0 go build -o bin/polystream ./go/cmd/polystream
 mkdir -p "$OUT"
 
-# Profiles: name -> "call|data|ghz flags". Unary ones at concurrency 10;
-# the streaming query returns 1,000 rows in 10 batches per call.
-declare -A CALL DATA FLAGS
+# Profiles: name -> "call|data|ghz flags". Unary ones at concurrency 10 on
+# one connection; the streaming query returns 1,000 rows in 10 batches per
+# call. LIMIT bounds each run's wall time (see below).
+declare -A CALL DATA FLAGS LIMIT
 CALL[broadcast]=polystream.events.v1.EventService.Broadcast
 DATA[broadcast]='{"event":{"type":"bench.ghz","data":"{\"n\":1}"},"target_channels":["ghz-bench"]}'
-FLAGS[broadcast]="-c 10 -n 3000 -x 20s --skipFirst 200"
+FLAGS[broadcast]="-c 10 -n 6000 --skipFirst 300"
+LIMIT[broadcast]=25
 CALL[status]=polystream.events.v1.EventService.GetConnectionStatus
 DATA[status]='{"client_id":"ghz-bench"}'
-FLAGS[status]="-c 10 -n 3000 -x 20s --skipFirst 200"
+FLAGS[status]="-c 10 -n 6000 --skipFirst 300"
+LIMIT[status]=25
 CALL[sendmessage]=polystream.chat.v1.ChatService.SendMessage
 DATA[sendmessage]='{"user":"ghz","content":"hello","room":"ghz-bench"}'
-FLAGS[sendmessage]="-c 10 -n 3000 -x 20s --skipFirst 200"
+FLAGS[sendmessage]="-c 10 -n 6000 --skipFirst 300"
+LIMIT[sendmessage]=25
 CALL[query]=polystream.updates.v1.StreamService.StreamQueryResults
 DATA[query]='{"query":"SELECT id, name, value FROM large_table WHERE id <= 1000","batch_size":100}'
-FLAGS[query]="-c 4 -n 200 -x 30s --skipFirst 10"
+FLAGS[query]="-c 4 -n 300 --skipFirst 20"
+LIMIT[query]=30
+
+# Bounds: -n per run, --timeout per call, and `timeout -s INT LIMIT` around
+# ghz for the wall time (on SIGINT ghz stops and still writes its report).
+# Not -z or -x: in ghz v0.121.0 both make it ignore -n (-x is documented to
+# respect -n, but the runner turns it into -z, and -z sets n to MaxInt32).
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 PIDS=()
 cleanup() {
@@ -83,6 +95,7 @@ start() {
 		exit 1
 	fi
 	printf -v "ADDR_$name" '%s' "${line##* }"
+	printf -v "PID_$name" '%s' "${PIDS[-1]}"
 	echo "$name: ${line##* } (pid ${PIDS[-1]})"
 }
 
@@ -107,10 +120,18 @@ for profile in $PROFILES; do
 			cmd=("$GHZ" --insecure --protoset "$PROTOSET" --call "${CALL[$profile]}"
 				-d "${DATA[$profile]}" ${FLAGS[$profile]} --timeout 10s
 				-O json -o "$report" "${!addr_var}")
-			echo "${cmd[*]}" >>"$OUT/commands.txt"
-			"${cmd[@]}" || echo "ghz.sh: ghz exited $? for $profile on $server" >&2
-			printf '%-12s %-7s r%s  %s\n' "$profile" "$server" "$round" \
-				"$("$PYTHON" -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"{r[\"rps\"]:.0f} rps, codes {r.get(\"statusCodeDistribution\")}")' "$report" 2>/dev/null || echo '(no report)')"
+			echo "timeout -s INT -k 10 ${LIMIT[$profile]} ${cmd[*]}" >>"$OUT/commands.txt"
+			pid_var=PID_$server
+			cpu0=$(cpu_ticks "${!pid_var}")
+			timeout -s INT -k 10 "${LIMIT[$profile]}" "${cmd[@]}" ||
+				echo "ghz.sh: ghz exited $? for $profile on $server" >&2
+			# The server's CPU time during the run (utime+stime, clock ticks).
+			echo "$(($(cpu_ticks "${!pid_var}") - cpu0)) $(getconf CLK_TCK)" >"${report%.json}.cpu"
+			printf '%-12s %-7s r%s  %s\n' "$profile" "$server" "$round" "$("$PYTHON" -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("%.0f rps, %d calls, codes %s" % (r["rps"], r["count"], r.get("statusCodeDistribution")))
+' "$report" 2>/dev/null || echo '(no report)')"
 		done
 	done
 done

@@ -32,7 +32,15 @@ def main() -> int:
         profile, server, _ = os.path.basename(path).split(".", 2)
         try:
             with open(path) as f:
-                runs[(profile, server)].append(json.load(f))
+                report = json.load(f)
+            # ghz.sh's sidecar: the server's CPU ticks during the run, CLK_TCK.
+            cpu_path = path[: -len(".json")] + ".cpu"
+            if os.path.exists(cpu_path):
+                ticks, hz = open(cpu_path).read().split()
+                calls = report.get("count", 0) + (report.get("options") or {}).get("skipFirst", 0)
+                if calls:
+                    report["server_cpu_us_per_call"] = int(ticks) / int(hz) / calls * 1e6
+            runs[(profile, server)].append(report)
         except (OSError, json.JSONDecodeError):
             pass
     profiles = list(dict.fromkeys(p for p, _ in runs))
@@ -53,6 +61,7 @@ def main() -> int:
                 "rps_all": [round(r["rps"]) for r in reports],
                 "p50": med([v for r in ok if (v := latency_ms(r, 50)) is not None]),
                 "p99": med([v for r in ok if (v := latency_ms(r, 99)) is not None]),
+                "cpu": med([r["server_cpu_us_per_call"] for r in ok if "server_cpu_us_per_call" in r]),
                 "codes": dict(codes),
             }
         rows.append(row)
@@ -66,7 +75,8 @@ def main() -> int:
         return f"{(b / a if invert else a / b):.1f}×"
 
     header = ["profile", "Go rps", "Python rps", "Go:Python rps", "Go p50 ms", "Python p50 ms",
-              "Python:Go p50", "Go p99 ms", "Python p99 ms", "Python:Go p99", "status codes (Go / Python)"]
+              "Python:Go p50", "Go p99 ms", "Python p99 ms", "Python:Go p99", "server CPU µs/call Go / Python",
+              "status codes (Go / Python)"]
     table = []
     for row in rows:
         g, p = row["go"], row["python"]
@@ -74,6 +84,7 @@ def main() -> int:
             row["profile"], fmt(g["rps"], 0), fmt(p["rps"], 0), ratio(g["rps"], p["rps"]),
             fmt(g["p50"], 2), fmt(p["p50"], 2), ratio(g["p50"], p["p50"], invert=True),
             fmt(g["p99"], 2), fmt(p["p99"], 2), ratio(g["p99"], p["p99"], invert=True),
+            f"{fmt(g['cpu'], 0)} / {fmt(p['cpu'], 0)}",
             f"{json.dumps(g['codes'])} / {json.dumps(p['codes'])}",
         ])
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

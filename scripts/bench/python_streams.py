@@ -177,8 +177,6 @@ async def _client_main(args: argparse.Namespace) -> None:
             async for event in call:
                 if event.type == EVENT_TYPE:
                     received.append(time.monotonic())
-                    if len(received) == args.count:
-                        _emit(all=received[-1])
         except grpc.aio.AioRpcError as exc:
             errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
         except asyncio.CancelledError:
@@ -193,6 +191,8 @@ async def _client_main(args: argparse.Namespace) -> None:
             tasks = [asyncio.ensure_future(one(i)) for i in range(args.count)]
             await asyncio.sleep(0)
             _emit(started=time.monotonic())
+        elif command == "count":
+            _emit(count=len(received))
         elif command == "report":
             _emit(received=received, errors=errors)
         else:  # "quit" or EOF (the orchestrator went away)
@@ -203,6 +203,8 @@ async def _client_main(args: argparse.Namespace) -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.wait_for(asyncio.gather(*(c.close() for c in channels)), 10)
+    sys.stdout.flush()
+    os._exit(0)  # the stdin reader thread may still be parked in readline
 
 
 # --------------------------------------------------------------------------
@@ -394,15 +396,17 @@ def bench_one(kind: str, args: argparse.Namespace, logdir: str) -> dict:
                 t_b = time.monotonic()
                 res = control_stub.Broadcast(events_pb2.BroadcastRequest(event=event), timeout=10)
                 result["broadcast_control"] = {"recipients": res.recipients, "seconds": round(time.monotonic() - t_b, 3)}
+        # Wait until as many streams have the event as the server says it
+        # queued it for (all N for a server that registered them all).
+        expected = (result.get("broadcast_control") or result["broadcast_rpc"]).get("recipients", args.streams)
         deadline = t_b + args.deliver_timeout
-        pending = list(clients)
-        while pending and time.monotonic() < deadline:
-            for c in list(pending):
-                try:
-                    c.json("all", min(deadline, time.monotonic() + 0.2))
-                    pending.remove(c)
-                except TimeoutError:
-                    pass
+        while time.monotonic() < deadline:
+            for c in clients:
+                c.send("count")
+            got = sum(c.json("count", deadline + 30)["count"] for c in clients)
+            if got >= expected:
+                break
+            time.sleep(0.1)
         result["deliver_cpu_seconds"] = round(cpu_seconds(pid) - cpu1, 2)
         times: list[float] = []
         errors: dict[str, int] = {}
