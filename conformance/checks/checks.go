@@ -894,10 +894,10 @@ func Disconnect(_ context.Context, in *Input, p config.Params) Result {
 }
 
 // HeldBack: flow control holds a client-streaming sender back. While the
-// server is frozen (the `pause` fault) it reads nothing, so once the HTTP/2
-// windows are full the client's sends must stop: after `at_least` (grace for
-// the windows to fill) until the thaw, at most `max` messages more are
-// reported sent (observation times on the client's clock).
+// server is frozen (the `pause` fault) it reads nothing, so the client can
+// only fill the HTTP/2 window and the socket buffers: from `at_least` into the
+// pause until the thaw, at most `max` messages are reported sent (observation
+// times on the client's clock), and sending goes on after the thaw.
 func HeldBack(_ context.Context, in *Input, p config.Params) Result {
 	max := 0
 	if p.Max != nil {

@@ -112,6 +112,9 @@ type Step struct {
 	// WaitSent waits until every session reported sent{count >= N}.
 	WaitSent int `yaml:"wait_sent"`
 	WaitFinished     bool     `yaml:"wait_finished"`
+	// Stop ends the client sessions (the harness cancels their Run calls;
+	// the case then checks what was observed up to there).
+	Stop bool `yaml:"stop"`
 	// Start starts the client sessions here (default: before the first
 	// step). The run may then use $PUBLISHED_ID_<n>, the id of the n-th event
 	// published so far (1-based).
@@ -137,6 +140,12 @@ type Publish struct {
 	Async bool `yaml:"async"`
 	// Metadata on every event.
 	Metadata map[string]string `yaml:"metadata"`
+	// UntilReceived publishes one event at a time (Count is then the most
+	// tries) until every session received one of them, waiting Wait for
+	// each: a sentinel that flushes a pending drop marker even if an
+	// earlier sentinel was itself dropped.
+	UntilReceived bool     `yaml:"until_received"`
+	Wait          Duration `yaml:"wait"`
 	// Excluded events are not meant for the subscribers (another channel, a
 	// filtered-out type): they are not in the expected sequence.
 	Excluded bool `yaml:"excluded"`

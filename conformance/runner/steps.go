@@ -135,6 +135,9 @@ func (x *execution) step(ctx context.Context, st config.Step) *checks.Result {
 			}
 			return err
 		}
+		if p.UntilReceived {
+			return x.publishUntilReceived(ctx, spec, p)
+		}
 		if p.Async {
 			x.wg.Add(1)
 			go func() {
@@ -160,6 +163,13 @@ func (x *execution) step(ctx context.Context, st config.Step) *checks.Result {
 		if err != nil {
 			return &checks.Result{Kind: "fault " + st.Fault.Kind, Expected: "the fault is injected and the server comes back", Seen: err.Error()}
 		}
+	case st.Stop:
+		for _, s := range x.sessions {
+			s.Stop()
+		}
+		for _, s := range x.sessions {
+			<-s.Done()
+		}
 	case st.Sleep > 0:
 		select {
 		case <-time.After(st.Sleep.D()):
@@ -169,6 +179,44 @@ func (x *execution) step(ctx context.Context, st config.Step) *checks.Result {
 		return &checks.Result{Kind: "step", Expected: "a known step", Seen: fmt.Sprintf("%+v", st)}
 	}
 	return nil
+}
+
+func (x *execution) publishUntilReceived(ctx context.Context, spec probe.PublishSpec, p *config.Publish) *checks.Result {
+	wait := p.Wait.D()
+	if wait == 0 {
+		wait = 2 * time.Second
+	}
+	tries := p.Count
+	spec.Count = 1
+	var got []string
+	for try := 1; try <= tries; try++ {
+		pubs, err := x.srv.probe.Publish(ctx, spec)
+		if err != nil {
+			return &checks.Result{Kind: "publish", Expected: "Broadcast succeeds", Seen: err.Error()}
+		}
+		x.mu.Lock()
+		x.published = mergeSorted(x.published, pubs)
+		x.mu.Unlock()
+		all := true
+		for _, s := range x.sessions {
+			if !s.WaitFor(ctx, wait, func(o *driver.Observations) bool {
+				for _, r := range o.Received {
+					if r.GetType() == spec.Type {
+						return true
+					}
+				}
+				return false
+			}) {
+				all = false
+			}
+		}
+		if all {
+			return nil
+		}
+		got = append(got, fmt.Sprint(pubs[0].Sequence))
+	}
+	return &checks.Result{Kind: "publish until received", Expected: fmt.Sprintf("one of %d %s events reaches every session", tries, spec.Type),
+		Seen: "none arrived (sequences " + strings.Join(got, ",") + ")"}
 }
 
 func (x *execution) waitAll(ctx context.Context, st config.Step, kind, exp string, cond func(*driver.Observations) bool, seen func(*driver.Observations) string) *checks.Result {
