@@ -48,6 +48,10 @@ const (
 	DefaultKeepaliveTimeout = 5 * time.Second
 )
 
+// WindowSize is the client's fixed HTTP/2 receive window, per stream and per
+// connection (HTTP/2's default; grpc-go's minimum).
+const WindowSize = 64 * 1024
+
 // closeDelay is how long a Run's connection outlives the Run.
 const closeDelay = time.Second
 
@@ -89,7 +93,12 @@ func (d *Driver) Run(req *pb.RunRequest, out pb.ClientDriver_RunServer) error {
 	}
 	conn, err := grpc.NewClient(req.GetTarget(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: ka, Timeout: DefaultKeepaliveTimeout, PermitWithoutStream: true}))
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: ka, Timeout: DefaultKeepaliveTimeout, PermitWithoutStream: true}),
+		// Fixed flow-control windows (no BDP growth), as in the Python driver:
+		// how far a server can run ahead of a slow or cancelling client does
+		// not depend on timing.
+		grpc.WithStaticStreamWindowSize(WindowSize),
+		grpc.WithStaticConnWindowSize(WindowSize))
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "target %q: %v", req.GetTarget(), err)
 	}

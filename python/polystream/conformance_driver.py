@@ -31,6 +31,7 @@ from polystream.updates.v1 import updates_pb2, updates_pb2_grpc
 from polystream.vendor import grpc_health_v1_pb2 as health_pb, grpc_health_v1_pb2_grpc as health_grpc
 
 OK = grpc.StatusCode.OK.name
+WINDOW_SIZE = 64 * 1024  # the client's fixed HTTP/2 receive window
 
 
 class _Stopped(Exception):
@@ -105,7 +106,13 @@ class Run:
     # -- plumbing -------------------------------------------------------------
 
     def channel_options(self) -> list[tuple[str, Any]]:
-        options = list(resilient.KEEPALIVE_OPTIONS)
+        # Fixed flow-control windows (no BDP growth), as in the Go driver: how
+        # far a server can run ahead of a slow or cancelling client does not
+        # depend on timing.
+        options = list(resilient.KEEPALIVE_OPTIONS) + [
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", WINDOW_SIZE),
+        ]
         if self.req.keepalive_time_ms > 0:
             options = [o for o in options if o[0] != "grpc.keepalive_time_ms"]
             options.append(("grpc.keepalive_time_ms", int(self.req.keepalive_time_ms)))
