@@ -105,7 +105,7 @@ PYTHONPATH=$ROOT/python start python "$PYTHON" -m polystream serve
 {
 	date -u +%Y-%m-%dT%H:%M:%SZ
 	echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-	echo "load $(cut -d' ' -f1-3 /proc/loadavg); $(go version); ghz $("$GHZ" --version 2>&1)"
+	echo "load $(cut -d' ' -f1-3 /proc/loadavg); $(go version); ghz $GHZ_VERSION ($("$GHZ" --version 2>&1))"
 	echo "grpcio $("$PYTHON" -c 'import grpc; print(grpc.__version__)'); $("$PYTHON" --version)"
 } >"$OUT/machine.txt"
 
@@ -120,7 +120,7 @@ for profile in $PROFILES; do
 			cmd=("$GHZ" --insecure --protoset "$PROTOSET" --call "${CALL[$profile]}"
 				-d "${DATA[$profile]}" ${FLAGS[$profile]} --timeout 10s
 				-O json -o "$report" "${!addr_var}")
-			echo "timeout -s INT -k 10 ${LIMIT[$profile]} ${cmd[*]}" >>"$OUT/commands.txt"
+			{ printf '%q ' timeout -s INT -k 10 "${LIMIT[$profile]}" "${cmd[@]}"; echo; } >>"$OUT/commands.txt"
 			pid_var=PID_$server
 			cpu0=$(cpu_ticks "${!pid_var}")
 			timeout -s INT -k 10 "${LIMIT[$profile]}" "${cmd[@]}" ||

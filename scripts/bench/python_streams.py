@@ -359,10 +359,16 @@ def bench_one(kind: str, args: argparse.Namespace, logdir: str) -> dict:
         t0 = time.monotonic()
         for c in clients:
             c.send("open")
-        seen, last_change, t_open = 0, t0, None
+        seen, last_change, t_open, slowest_poll, failed_polls = 0, t0, None, 0.0, 0
         while True:
-            n = active_streams(control_stub, client_ids)
+            t_poll = time.monotonic()
+            try:
+                n = active_streams(control_stub, client_ids)
+            except grpc.RpcError:  # the server is too busy to answer within 10 s: keep waiting
+                n, failed_polls = seen, failed_polls + 1
+                last_change = time.monotonic()  # a busy server is not a stalled one
             now = time.monotonic()
+            slowest_poll = max(slowest_poll, now - t_poll)
             if n != seen:
                 seen, last_change = n, now
             if n >= args.streams:
@@ -373,6 +379,11 @@ def bench_one(kind: str, args: argparse.Namespace, logdir: str) -> dict:
             time.sleep(0.1)
         result["open_seconds"] = round(t_open, 2) if t_open is not None else None
         result["registered"] = seen
+        # How long the server took to answer one status poll (2 unary calls
+        # for 2 client processes) while the streams were opening: a measure of
+        # how busy its event loop / workers were.
+        result["slowest_status_poll_seconds"] = round(slowest_poll, 2)
+        result["failed_status_polls"] = failed_polls
         result["open_cpu_seconds"] = round(cpu_seconds(pid) - cpu0, 2)
         time.sleep(1)
         result["rss_kib_open"] = rss_kib(pid)
@@ -445,6 +456,7 @@ def render(results: list[dict]) -> str:
         ("streams registered by the server", "registered"),
         ("time to register all (s)", "open_seconds"),
         ("server CPU while opening (s)", "open_cpu_seconds"),
+        ("slowest status poll while opening (s)", "slowest_status_poll_seconds"),
         ("server RSS idle (MiB)", "rss_mib_before"),
         ("server RSS with streams open (MiB)", "rss_mib_open"),
         ("RSS growth per stream asked (KiB)", "rss_kib_per_stream"),
