@@ -8,7 +8,6 @@ cannot see.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import pathlib

@@ -40,7 +40,9 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
     def __init__(self, config: ServerConfig, logger: logging.Logger) -> None:
         self._config = config
         self._log = logger
-        self.log_handler: logging.Handler = updates_logs.LogRing()
+        self._ring = updates_logs.LogRing()
+        # The server attaches it to the "polystream" logger: every record feeds TailLogs.
+        self.log_handler: logging.Handler = self._ring
         self._topics = TopicHub(config.queue_size)
         self._jobs = updates_jobs.JobManager(logger)
         self._query_pool = concurrent.futures.ThreadPoolExecutor(QUERY_WORKERS, thread_name_prefix="polystream-query")
@@ -60,7 +62,6 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
             directory = self._temp_dir = tempfile.mkdtemp(prefix="polystream-query-")
         self._db_path = os.path.join(directory, updates_query.DB_FILE_NAME)
         await self._in_query_pool(updates_query.seed_database, self._db_path)
-        self._log.debug("query database seeded", extra={"path": self._db_path, "rows": updates_query.SEED_ROWS})
 
     async def close(self) -> None:
         await self._jobs.close()
@@ -251,7 +252,7 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
         def matches(entry: updates_logs.LogRecordEntry) -> bool:
             return entry.rank >= min_rank and (not service or entry.service == service)
 
-        ring: updates_logs.LogRing = self.log_handler  # type: ignore[assignment]
+        ring = self._ring
         waker = updates_logs.Waker()
         if request.follow:
             ring.add_waker(waker)  # before the snapshot: no record slips between the two
