@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Summarises scripts/bench/ghz.sh's JSON reports: per profile and server the
-median over rounds of rps, p50 and p99 (OK calls only, as ghz counts them),
-the status codes seen, and Go:Python ratios. Writes OUTDIR/summary.md and
+median over rounds of rps, p50 and p99 (as ghz counts them), the server's CPU
+time per call, the status codes seen, and Go:Python ratios taken per round
+(both servers back to back) then the median over rounds. Writes OUTDIR/summary.md and
 OUTDIR/summary.html and prints the Markdown.
 
     /usr/bin/python3 scripts/bench/ghz_summary.py OUTDIR
@@ -28,6 +29,7 @@ def latency_ms(report: dict, pct: int) -> float | None:
 def main() -> int:
     out = sys.argv[1]
     runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    by_round: dict[tuple[str, str, str], dict] = {}
     for path in sorted(glob.glob(os.path.join(out, "*.r*.json"))):
         profile, server, _ = os.path.basename(path).split(".", 2)
         try:
@@ -41,6 +43,7 @@ def main() -> int:
                 if calls:
                     report["server_cpu_us_per_call"] = int(ticks) / int(hz) / calls * 1e6
             runs[(profile, server)].append(report)
+            by_round[(profile, server, os.path.basename(path).split(".")[2])] = report
         except (OSError, json.JSONDecodeError):
             pass
     profiles = list(dict.fromkeys(p for p, _ in runs))
@@ -64,15 +67,26 @@ def main() -> int:
                 "cpu": med([r["server_cpu_us_per_call"] for r in ok if "server_cpu_us_per_call" in r]),
                 "codes": dict(codes),
             }
+        # Ratios per round (the two runs of a round are back to back), then
+        # the median over rounds: the machine's drift cancels within a round.
+        for key, field, invert in (("rps_ratio", "rps", False), ("p50_ratio", 50, True), ("p99_ratio", 99, True)):
+            ratios = []
+            for (p, srv, rnd), g in by_round.items():
+                py = by_round.get((p, "python", rnd))
+                if p != profile or srv != "go" or py is None:
+                    continue
+                a = g["rps"] if field == "rps" else latency_ms(g, field)
+                b = py["rps"] if field == "rps" else latency_ms(py, field)
+                if a and b and (g.get("statusCodeDistribution") or {}).get("OK") and (py.get("statusCodeDistribution") or {}).get("OK"):
+                    ratios.append(b / a if invert else a / b)
+            row[key] = statistics.median(ratios) if ratios else None
         rows.append(row)
 
     def fmt(v, digits=1):
         return "—" if v is None else f"{v:,.{digits}f}"
 
-    def ratio(a, b, invert=False):
-        if a is None or b is None or a == 0 or b == 0:
-            return "—"
-        return f"{(b / a if invert else a / b):.1f}×"
+    def ratio(v):
+        return "—" if v is None else f"{v:.1f}×"
 
     header = ["profile", "Go rps", "Python rps", "Go:Python rps", "Go p50 ms", "Python p50 ms",
               "Python:Go p50", "Go p99 ms", "Python p99 ms", "Python:Go p99", "server CPU µs/call Go / Python",
@@ -81,16 +95,17 @@ def main() -> int:
     for row in rows:
         g, p = row["go"], row["python"]
         table.append([
-            row["profile"], fmt(g["rps"], 0), fmt(p["rps"], 0), ratio(g["rps"], p["rps"]),
-            fmt(g["p50"], 2), fmt(p["p50"], 2), ratio(g["p50"], p["p50"], invert=True),
-            fmt(g["p99"], 2), fmt(p["p99"], 2), ratio(g["p99"], p["p99"], invert=True),
+            row["profile"], fmt(g["rps"], 0), fmt(p["rps"], 0), ratio(row["rps_ratio"]),
+            fmt(g["p50"], 2), fmt(p["p50"], 2), ratio(row["p50_ratio"]),
+            fmt(g["p99"], 2), fmt(p["p99"], 2), ratio(row["p99_ratio"]),
             f"{fmt(g['cpu'], 0)} / {fmt(p['cpu'], 0)}",
             f"{json.dumps(g['codes'])} / {json.dumps(p['codes'])}",
         ])
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in table]
     md.append("")
-    md.append("Medians over rounds; rps per round: " + "; ".join(
+    md.append("rps, p50, p99, CPU: medians over rounds; ratios: median of the per-round ratios "
+              "(Go and Python run back to back in each round). rps per round: " + "; ".join(
         f"{r['profile']} Go {r['go']['rps_all']} Python {r['python']['rps_all']}" for r in rows))
     text = "\n".join(md) + "\n"
     with open(os.path.join(out, "summary.md"), "w") as f:
