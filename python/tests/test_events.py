@@ -9,6 +9,7 @@ import uuid
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
 
 from conftest import eventually
 from polystream.events.v1 import events_pb2 as pb
@@ -161,9 +162,7 @@ async def test_published_events_get_uuid4_ids_global_sequences_and_keep_their_co
     assert (only.sequence, only.channel) == (1, "default")  # event 2 targeted channel "a" only
 
 
-def _pack(message) -> "pb.google_dot_protobuf_dot_any__pb2.Any":
-    from google.protobuf import any_pb2
-
+def _pack(message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed

@@ -25,7 +25,6 @@ from polystream.server import StreamGuard, server_options
 from polystream.vendor import grpc_health_v1_pb2 as health_pb
 from polystream.vendor import grpc_health_v1_pb2_grpc as health_grpc
 from polystream.vendor import grpc_reflection_v1_pb2 as refl_pb
-from polystream.vendor import grpc_reflection_v1_pb2_grpc as refl_grpc
 
 PYTHON_DIR = pathlib.Path(__file__).resolve().parents[1]
 SERVICES = [

@@ -14,7 +14,7 @@ import time
 from typing import AsyncIterator
 
 import grpc
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from polystream.config import ServerConfig
 from polystream.events.v1 import events_pb2, events_pb2_grpc
