@@ -120,14 +120,26 @@ class LogRing(logging.Handler):
 
 
 class Waker:
-    """Wakes one following stream on its own event loop, from any thread."""
+    """Wakes one following stream on its own event loop, from any thread.
+
+    At most one wake-up is in flight: records logged before it runs are read
+    by the same wake-up, so a burst of records costs one loop callback.
+    """
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.event = asyncio.Event()
+        self._scheduled = False
 
     def wake(self) -> None:
+        if self._scheduled:
+            return
+        self._scheduled = True
         try:
-            self._loop.call_soon_threadsafe(self.event.set)
+            self._loop.call_soon_threadsafe(self._set)
         except RuntimeError:  # the loop is closed: the stream is gone
             pass
+
+    def _set(self) -> None:
+        self._scheduled = False
+        self.event.set()
