@@ -458,6 +458,13 @@ async def test_at_most_10000_jobs_run_at_once(running: Running) -> None:
     assert (await running.stub.StartJob(pb.StartJobRequest(steps=1, step_duration_ms=1))).job_id == "job-10001"
 
 
+async def test_no_job_starts_once_the_jobs_are_closed(running: Running) -> None:
+    await running.service.jobs.close()  # what server shutdown does, while calls may still arrive
+    await expect_error(
+        running.stub.StartJob(pb.StartJobRequest()), grpc.StatusCode.UNAVAILABLE, "server is shutting down"
+    )
+
+
 async def test_unknown_and_missing_job_ids(running: Running) -> None:
     for call in (
         lambda r: running.stub.WatchJobProgress(pb.JobRequest(job_id=r)),

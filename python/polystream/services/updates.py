@@ -196,6 +196,8 @@ class UpdatesService(updates_pb2_grpc.StreamServiceServicer):
             job = self._jobs.start(spec)
         except updates_jobs.TooManyJobs as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except updates_jobs.JobsClosed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return updates_pb2.StartJobResponse(job_id=job.id)
 
     async def CancelJob(

@@ -39,6 +39,11 @@ class JobRejected(ValueError):
     """Bad StartJob arguments (the message is the client's status text)."""
 
 
+class JobsClosed(Exception):
+    def __str__(self) -> str:
+        return "server is shutting down"
+
+
 class TooManyJobs(Exception):
     def __str__(self) -> str:
         return f"too many running jobs ({MAX_RUNNING})"
@@ -110,12 +115,15 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self._finished: collections.deque[str] = collections.deque()  # oldest first
         self._last_number = 0
+        self._closed = False
 
     @property
     def running(self) -> int:
         return len(self._jobs) - len(self._finished)
 
     def start(self, spec: JobSpec) -> Job:
+        if self._closed:
+            raise JobsClosed()
         if self.running >= MAX_RUNNING:
             raise TooManyJobs()
         self._last_number += 1
@@ -136,6 +144,7 @@ class JobManager:
         return job.state.status
 
     async def close(self) -> None:
+        self._closed = True
         tasks = [job.task for job in self._jobs.values() if job.task and not job.task.done()]
         for task in tasks:
             task.cancel()
