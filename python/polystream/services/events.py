@@ -127,10 +127,8 @@ class EventService(events_pb2_grpc.EventServiceServicer):
             payload=event.payload.SerializeToString() if event.HasField("payload") else None,
             metadata=dict(event.metadata),
         )
-        # Shielded: once the event is going into the log, a client that gives
-        # up must not leave it half-stored or half-delivered.
         try:
-            published = await asyncio.shield(self._log.publish(draft))
+            published = await self._log.publish(draft)
         except LogClosed as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except sqlite3.Error as exc:

@@ -3,8 +3,9 @@ store) -> each matching subscriber's bounded queue.
 
 Everything that must be atomic (appending, snapshotting subscribers,
 registering a subscriber against the log's upper bound) happens between two
-awaits, so the event loop itself is the lock; `_publish_lock` only keeps
-publishers in sequence order across the store's awaited write.
+awaits, so the event loop itself is the lock. One writer task appends, so
+events are stored and delivered in sequence order, and concurrent publishes
+share one store transaction.
 """
 
 from __future__ import annotations
@@ -101,33 +102,65 @@ class EventLog:
         self._subscribers: dict[int, Subscriber] = {}
         self._clients: dict[str, ClientStats] = {}
         self._idle_clients: collections.OrderedDict[str, ClientStats] = collections.OrderedDict()
-        self._publish_lock = asyncio.Lock()
+        self._pending: list[tuple[Draft, asyncio.Future]] = []  # accepted, not yet written
+        self._has_pending = asyncio.Event()
+        self._writer: Optional[asyncio.Task] = None
         self._closed = False
 
     async def open(self) -> None:
         if self._store is not None:
             for event in await self._store.open():
                 self._remember(event)
+        self._writer = asyncio.create_task(self._write_batches(), name="events-log-writer")
 
     async def close(self) -> None:
         self._closed = True
         for subscriber in list(self._subscribers.values()):
-            subscriber.queue.close()  # also releases publishers waiting for room
-        async with self._publish_lock:  # let a publish in flight finish with the store
-            if self._store is not None:
-                await self._store.close()
+            subscriber.queue.close()  # also releases a fan-out waiting for room
+        if self._writer is not None:
+            self._has_pending.set()
+            await self._writer  # finishes what was accepted, then stops
+        if self._store is not None:
+            await self._store.close()
 
     # --- publishing ---
 
     async def publish(self, draft: Draft) -> Published:
-        async with self._publish_lock:
-            if self._closed:
-                raise LogClosed("event log is closed")
-            known = self._by_id.get(draft.id) if draft.id else None
+        """Appends and delivers one event. The writer task does the work, so a
+        publisher that goes away cannot leave an event half-stored or half-delivered."""
+        if self._closed:
+            raise LogClosed("event log is closed")
+        result: asyncio.Future[Published] = asyncio.get_running_loop().create_future()
+        self._pending.append((draft, result))
+        self._has_pending.set()
+        return await result
+
+    async def _write_batches(self) -> None:
+        """Takes whatever publishers queued meanwhile as one batch: one store
+        transaction (group commit), then each event in sequence order."""
+        while not (self._closed and not self._pending):
+            await self._has_pending.wait()
+            self._has_pending.clear()
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await self._write(batch)
+                except Exception as exc:  # e.g. the disk is full: those publishers get the error
+                    for _, result in batch:
+                        if not result.done():
+                            result.set_exception(exc)
+
+    async def _write(self, batch: list[tuple[Draft, asyncio.Future]]) -> None:
+        new: dict[str, StoredEvent] = {}
+        planned: list[tuple[asyncio.Future, StoredEvent, bool]] = []
+        sequence = self._next_sequence
+        for draft, result in batch:
+            known = (self._by_id.get(draft.id) or new.get(draft.id)) if draft.id else None
             if known is not None:  # idempotent retry: nothing appended, nothing delivered
-                return Published(0, known.id, known.sequence)
+                planned.append((result, known, False))
+                continue
             event = StoredEvent(
-                sequence=self._next_sequence,
+                sequence=sequence,
                 id=draft.id or str(uuid.uuid4()),
                 type=draft.type,
                 channels=draft.channels,
@@ -136,13 +169,22 @@ class EventLog:
                 payload=draft.payload,
                 metadata=draft.metadata,
             )
-            if self._store is not None:
-                await self._store.append(event)
-            # From here to the end of the fan-out's first pass nothing awaits:
-            # a subscriber registers either before (gets it live) or after
-            # (gets it by replay), never both, never neither.
-            self._remember(event)
-            return Published(await self._fan_out(event), event.id, event.sequence)
+            sequence += 1
+            new[event.id] = event
+            planned.append((result, event, True))
+        if self._store is not None and new:
+            await self._store.append(list(new.values()))
+        self._next_sequence = sequence  # stored: these sequences are taken whatever happens next
+        for result, event, is_new in planned:
+            recipients = 0
+            if is_new:
+                # From here to the end of the fan-out's first pass nothing
+                # awaits: a subscriber registers either before (gets it live)
+                # or after (gets it by replay), never both, never neither.
+                self._remember(event)
+                recipients = await self._fan_out(event)
+            if not result.done():
+                result.set_result(Published(recipients, event.id, event.sequence))
 
     def _remember(self, event: StoredEvent) -> None:
         self._window.append(event)

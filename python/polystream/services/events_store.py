@@ -89,9 +89,10 @@ class SqliteEventStore:
         """Opens (creating) the database and returns the retained events, oldest first."""
         return await self._run(self._open)
 
-    async def append(self, event: StoredEvent) -> None:
-        """Stores `event` and forgets what falls out of the retention window, in one transaction."""
-        await self._run(self._append, event)
+    async def append(self, events: list[StoredEvent]) -> None:
+        """Stores `events` (in sequence order) and forgets what falls out of the
+        retention window, in one transaction."""
+        await self._run(self._append, events)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -129,23 +130,26 @@ class SqliteEventStore:
             for seq, event_id, event_type, channels, timestamp, data, payload, metadata in rows
         ]
 
-    def _append(self, event: StoredEvent) -> None:
+    def _append(self, events: list[StoredEvent]) -> None:
         db = self._db
         assert db is not None, "store not open"
         with db:  # one transaction
             db.execute("BEGIN")
-            db.execute(
+            db.executemany(
                 "INSERT INTO events (sequence, id, type, channels, timestamp, data, payload, metadata)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.sequence,
-                    event.id,
-                    event.type,
-                    json.dumps(list(event.channels)),
-                    event.timestamp_ns,
-                    event.data,
-                    event.payload,
-                    json.dumps(event.metadata, sort_keys=True),
-                ),
+                [
+                    (
+                        event.sequence,
+                        event.id,
+                        event.type,
+                        json.dumps(list(event.channels)),
+                        event.timestamp_ns,
+                        event.data,
+                        event.payload,
+                        json.dumps(event.metadata, sort_keys=True),
+                    )
+                    for event in events
+                ],
             )
-            db.execute("DELETE FROM events WHERE sequence <= ?", (event.sequence - self._history_size,))
+            db.execute("DELETE FROM events WHERE sequence <= ?", (events[-1].sequence - self._history_size,))
