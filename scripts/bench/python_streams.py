@@ -40,7 +40,6 @@ import os
 import queue
 import resource
 import signal
-import statistics
 import subprocess
 import sys
 import threading
