@@ -30,8 +30,15 @@ test-go:
 test-python: build
 	cd python && POLYSTREAM_GO_BIN=$(CURDIR)/bin/polystream $(PYTHON) -m pytest -q tests
 
-bench:
-	go test -run '^$$' -bench . -benchmem ./go/...
+# Benchmarks behind docs/performance.md (bounded; reports in bench-results/).
+bench: build
+	bash scripts/install-tools.sh python
+	GOFLAGS=-mod=mod go install golang.org/x/perf/cmd/benchstat@latest
+	mkdir -p bench-results
+	go test -run '^$$' -bench . -benchmem -count 6 ./go/events/ | tee bench-results/go-bench.txt
+	benchstat bench-results/go-bench.txt
+	$(PYTHON) scripts/bench/python_streams.py --streams 5000
+	bash scripts/bench/ghz.sh
 
 clean:
 	rm -rf bin conformance/results
