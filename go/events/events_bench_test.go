@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/metadata"
+
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
 )
 
@@ -22,6 +24,7 @@ type discardStream struct {
 
 func (d discardStream) Send(*eventsv1.Event) error { d.sent.Add(1); return nil }
 func (d discardStream) Context() context.Context   { return d.ctx }
+func (discardStream) SendHeader(metadata.MD) error { return nil }
 
 // startSubscribers runs n subscriptions on discard streams and waits until
 // all are registered; stop ends them and waits for their handlers.

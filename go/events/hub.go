@@ -66,15 +66,19 @@ func (h *hub) subscribe(sub *subscriber, resume bool, lastID string) ([]*record,
 	return replay, gap
 }
 
-// unsubscribe removes sub; publishers skip it from now on.
-func (h *hub) unsubscribe(sub *subscriber) {
+// unsubscribe removes sub; publishers skip it from now on. keepCounted
+// (only the ignore-cancel self-test fault) leaves it counted as an active
+// stream of its client.
+func (h *hub) unsubscribe(sub *subscriber, keepCounted bool) {
 	sub.end(errStreamDone)
 	h.mu.Lock()
 	if i := slices.Index(h.subs, sub); i >= 0 {
 		h.subs = slices.Delete(slices.Clone(h.subs), i, i+1)
 	}
 	h.mu.Unlock()
-	h.clients.close(sub)
+	if !keepCounted {
+		h.clients.close(sub)
+	}
 }
 
 // publishResult is what Broadcast answers.

@@ -32,6 +32,9 @@ type Config struct {
 	Policy         Policy        // default Disconnect
 	PublishTimeout time.Duration // for Block, default 5s
 	Logger         *slog.Logger  // may be nil
+	// Fault is a deliberate defect for the conformance self-test only
+	// (faults.go); "" (the default) = none.
+	Fault string
 }
 
 // Service implements polystream.events.v1.EventService.
@@ -40,6 +43,7 @@ type Service struct {
 	hub       *hub
 	queueSize int
 	log       *slog.Logger
+	fault     string // self-test fault, "" = none (faults.go)
 }
 
 var (
@@ -55,6 +59,9 @@ func New(cfg Config) (*Service, error) {
 	if _, ok := policyNames[cfg.Policy]; !ok {
 		return nil, fmt.Errorf("events: unknown policy %v", cfg.Policy)
 	}
+	if err := checkFault(cfg.Fault); err != nil {
+		return nil, err
+	}
 	cfg.HistorySize = cmpOr(cfg.HistorySize, 1000)
 	cfg.QueueSize = cmpOr(cfg.QueueSize, 256)
 	cfg.PublishTimeout = cmpOr(cfg.PublishTimeout, 5*time.Second)
@@ -63,9 +70,12 @@ func New(cfg Config) (*Service, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 
+	if cfg.Fault != "" {
+		logger.Warn("SELF-TEST FAULT ACTIVE: this server is deliberately defective", "fault", cfg.Fault)
+	}
 	var st store = memoryStore{}
-	if cfg.DataDir != "" {
-		sq, err := openSQLite(cfg.DataDir)
+	if dir := storeDataDir(cfg); dir != "" {
+		sq, err := openSQLite(dir)
 		if err != nil {
 			return nil, fmt.Errorf("events: open store: %w", err)
 		}
@@ -87,6 +97,7 @@ func New(cfg Config) (*Service, error) {
 		},
 		queueSize: cfg.QueueSize,
 		log:       logger,
+		fault:     cfg.Fault,
 	}, nil
 }
 

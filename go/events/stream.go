@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -27,6 +28,7 @@ const (
 // streams that delivery needs.
 type eventStream interface {
 	Send(*eventsv1.Event) error
+	SendHeader(metadata.MD) error
 	Context() context.Context
 }
 
@@ -46,13 +48,20 @@ func (s *Service) serve(stream eventStream, req *eventsv1.SubscribeRequest, recv
 	ctx := stream.Context()
 	sub := newSubscriber(req.GetClientId(), sr.filter, sr.channel, s.queueSize)
 	replay, gap := s.hub.subscribe(sub, req.GetLastEventId() != "", req.GetLastEventId())
-	defer s.hub.unsubscribe(sub)
+	keep := false // ignore-cancel fault: stay counted after the context ended
+	defer func() { s.hub.unsubscribe(sub, keep) }()
 	s.log.Debug("subscribed", "client_id", sub.clientID, "channel", sr.channel,
 		"event_types", strings.Join(req.GetEventTypes(), ","), "last_event_id", req.GetLastEventId(), "replay", len(replay))
 
 	ctx, cancel := context.WithCancel(ctx) // ends the helpers when serve returns
 	defer cancel()
-	d := &delivery{stream: stream, sub: sub, channel: sr.channel, interval: sr.heartbeat, acks: make(chan struct{}, 1)}
+	// Headers tell the client it is subscribed: events published from now
+	// on reach it (docs/contract.md).
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
+	}
+	d := &delivery{stream: stream, sub: sub, channel: sr.channel, interval: sr.heartbeat, acks: make(chan struct{}, 1),
+		faults: newFaultDelivery(s.fault)}
 	done := make(chan error, 2)
 	go func() { done <- d.run(ctx, replay, gap) }()
 	if recv != nil {
@@ -67,6 +76,7 @@ func (s *Service) serve(stream eventStream, req *eventsv1.SubscribeRequest, recv
 
 	select {
 	case <-ctx.Done():
+		keep = s.keepCancelled()
 		return status.FromContextError(ctx.Err()).Err()
 	case <-sub.ended:
 		err := sub.endErr()
@@ -117,11 +127,13 @@ type delivery struct {
 	interval   time.Duration
 	heartbeats uint64
 	acks       chan struct{}
+	faults     *faultDelivery // nil unless a self-test fault is active (faults.go)
 }
 
 func (d *delivery) run(ctx context.Context, replay []*record, gap *replayGap) error {
 	ticker := time.NewTicker(d.interval)
 	defer ticker.Stop()
+	defer d.faults.stop()
 	if gap != nil {
 		if err := d.stream.Send(d.control(typeReplayGap, map[string]string{
 			"requested_id":       gap.requestedID,
@@ -145,7 +157,7 @@ func (d *delivery) run(ctx context.Context, replay []*record, gap *replayGap) er
 				break
 			}
 			if e.end {
-				return nil
+				return d.sendLogEvent(d.faults.release())
 			}
 			if err := d.sendEntry(e); err != nil {
 				return err
@@ -160,6 +172,10 @@ func (d *delivery) run(ctx context.Context, replay []*record, gap *replayGap) er
 		case <-d.sub.ready:
 		case <-ticker.C:
 			if err := d.sendHeartbeat(); err != nil {
+				return err
+			}
+		case <-d.faults.holdExpired():
+			if err := d.sendLogEvent(d.faults.release()); err != nil {
 				return err
 			}
 		}
@@ -191,7 +207,25 @@ func (d *delivery) sendEntry(e entry) error {
 	}
 }
 
+// sendRecord sends one log event, through the self-test fault if one is
+// active.
 func (d *delivery) sendRecord(r *record) error {
+	if d.faults != nil {
+		for _, r := range d.faults.pass(r) {
+			if err := d.sendLogEvent(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return d.sendLogEvent(r)
+}
+
+// sendLogEvent sends r (nothing when nil) and counts it.
+func (d *delivery) sendLogEvent(r *record) error {
+	if r == nil {
+		return nil
+	}
 	if err := d.stream.Send(r.event(d.channel)); err != nil {
 		return err
 	}

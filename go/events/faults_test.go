@@ -1,0 +1,172 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
+)
+
+// Each self-test fault shows its effect over a real listener; without the
+// fault the same steps give the correct result (the other tests).
+
+func TestFaultUnknownIsRefused(t *testing.T) {
+	_, err := New(Config{Fault: "x"})
+	want := `events: fault must be one of reorder, drop, ignore-cancel, forget-history; got "x"`
+	if err == nil || err.Error() != want {
+		t.Fatalf("got %v, want %s", err, want)
+	}
+}
+
+func TestNoFaultByDefault(t *testing.T) {
+	svc, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	if svc.fault != "" || newFaultDelivery(svc.fault) != nil || svc.keepCancelled() {
+		t.Fatalf("a fault is active by default: %q", svc.fault)
+	}
+}
+
+// publishN publishes n events and returns their sequences.
+func publishN(ts *testServer, n int) []uint64 {
+	out := make([]uint64, n)
+	for i := range out {
+		out[i] = ts.publish("f.event").Sequence
+	}
+	return out
+}
+
+func TestFaultReorderSwapsEveryHundredthWithTheNext(t *testing.T) {
+	ts := startServer(t, Config{Fault: FaultReorder, Policy: Block, QueueSize: 1000})
+	stream, _ := ts.subscribed(ts.client, &eventsv1.SubscribeRequest{ClientId: "r"})
+	pub := publishN(ts, 200)
+
+	start := time.Now()
+	got, _ := recvLog(t, stream, 200)
+	// 100 waits for 101; 200 has no successor and is sent alone after
+	// reorderHoldMax: late, not lost.
+	want := slices.Concat(pub[:99], []uint64{pub[100], pub[99]}, pub[101:])
+	if !slices.Equal(seqs(got), want) {
+		t.Fatalf("got %v\nwant %v", seqs(got), want)
+	}
+	if waited := time.Since(start); waited < reorderHoldMax/2 {
+		t.Fatalf("the 200th event came after %v, want it held about %v", waited, reorderHoldMax)
+	}
+	if st := ts.status("r"); st.EventsReceived != 200 {
+		t.Fatalf("events_received %d, want 200", st.EventsReceived)
+	}
+}
+
+func TestFaultReorderCountsReplayedEventsToo(t *testing.T) {
+	ts := startServer(t, Config{Fault: FaultReorder})
+	pub := publishN(ts, 150)
+	stream, _ := ts.subscribe(ts.client, &eventsv1.SubscribeRequest{ClientId: "r", LastEventId: "unknown"})
+	got, _ := recvLog(t, stream, 150)
+	want := slices.Concat(pub[:99], []uint64{pub[100], pub[99]}, pub[101:])
+	if !slices.Equal(seqs(got), want) {
+		t.Fatalf("got %v\nwant %v", seqs(got), want)
+	}
+}
+
+func TestFaultDropSkipsEveryHundredthSilently(t *testing.T) {
+	ts := startServer(t, Config{Fault: FaultDrop, Policy: Block, QueueSize: 1000})
+	stream, _ := ts.subscribed(ts.client, &eventsv1.SubscribeRequest{ClientId: "d"})
+	pub := publishN(ts, 250)
+	last := ts.publish("f.sentinel")
+
+	got, control := recvLog(t, stream, 249)
+	want := slices.Concat(pub[:99], pub[100:199], pub[200:], []uint64{last.Sequence})
+	if !slices.Equal(seqs(got), want) {
+		t.Fatalf("got %v\nwant %v", seqs(got), want)
+	}
+	for _, ev := range control {
+		if ev.Type != typeHeartbeat {
+			t.Fatalf("the drop fault must be silent, got %v", ev)
+		}
+	}
+	if st := ts.status("d"); st.EventsReceived != 249 || st.EventsDropped != 0 {
+		t.Fatalf("status %v, want received 249, dropped 0", st)
+	}
+}
+
+func TestFaultIgnoreCancelKeepsCancelledStreamsCounted(t *testing.T) {
+	ts := startServer(t, Config{Fault: FaultIgnoreCancel})
+	_, cancel := ts.subscribed(ts.client, &eventsv1.SubscribeRequest{ClientId: "ic"})
+	cancel()
+	// A deadline that passes is the other way a client gives up.
+	ctx, cancelDeadline := context.WithTimeout(ts.ctx, 200*time.Millisecond)
+	defer cancelDeadline()
+	stream, err := ts.client.Subscribe(ctx, &eventsv1.SubscribeRequest{ClientId: "ic"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("got %v, want DEADLINE_EXCEEDED", err)
+	}
+
+	// Both handlers have returned: the hub delivers to nobody ...
+	ts.waitFor("no subscribers in the hub", func() bool {
+		ts.svc.hub.mu.Lock()
+		defer ts.svc.hub.mu.Unlock()
+		return len(ts.svc.hub.subs) == 0
+	})
+	if r := ts.publish("f.event"); r.Recipients != 0 {
+		t.Fatalf("recipients %d, want 0", r.Recipients)
+	}
+	// ... yet GetConnectionStatus still counts both streams as active.
+	time.Sleep(100 * time.Millisecond)
+	if st := ts.status("ic"); st.ActiveStreams != 2 || !st.Connected {
+		t.Fatalf("status %v, want 2 active streams (the fault)", st)
+	}
+}
+
+func TestFaultIgnoreCancelLeavesServerEndedStreamsAlone(t *testing.T) {
+	// A half-closed SubscribeMultiple ends with OK on the server's side:
+	// that stream is released as usual.
+	ts := startServer(t, Config{Fault: FaultIgnoreCancel})
+	stream, err := ts.client.SubscribeMultiple(ts.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&eventsv1.SubscribeRequest{ClientId: "hc"}); err != nil {
+		t.Fatal(err)
+	}
+	ts.waitStreams("hc", 1)
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err == nil {
+		t.Fatal("stream did not end")
+	}
+	ts.waitStreams("hc", 0)
+}
+
+func TestFaultForgetHistoryIgnoresTheDataDir(t *testing.T) {
+	dir := t.TempDir()
+	ts := startServer(t, Config{DataDir: dir, Fault: FaultForgetHistory})
+	first := ts.publish("f.event")
+	ts.publish("f.event")
+	ts.stop()
+	if _, err := os.Stat(filepath.Join(dir, "events.db")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("events.db written under forget-history: %v", err)
+	}
+
+	ts2 := startServer(t, Config{DataDir: dir, Fault: FaultForgetHistory})
+	if r := ts2.publish("f.event"); r.Sequence != 1 {
+		t.Fatalf("sequence after restart %d, want 1 (history forgotten)", r.Sequence)
+	}
+	stream, _ := ts2.subscribe(ts2.client, &eventsv1.SubscribeRequest{ClientId: "fh", LastEventId: first.EventId})
+	if ev := recvSkippingHeartbeats(t, stream); ev.Type != typeReplayGap {
+		t.Fatalf("resume after restart: %v, want %s", ev, typeReplayGap)
+	}
+}
