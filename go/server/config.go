@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/polystream/polystream/go/events"
 )
 
 // Config holds every setting of `polystream serve` (docs/contract.md).
@@ -29,10 +31,25 @@ type Config struct {
 	ShutdownGrace        time.Duration
 	ChatKeepAlive        time.Duration
 	LogLevel             string
-	// Fault is reserved for the conformance harness's self-test; it is
-	// stored and not used yet.
+	// InitialWindowSize > 0 fixes the HTTP/2 stream and connection
+	// flow-control windows (bytes); 0 = grpc-go's dynamic, BDP-probed ones.
+	InitialWindowSize int
+	// Fault is a deliberate defect for the conformance harness's self-test
+	// only ("" = none; Faults lists the names; docs/contract.md, "Fault
+	// modes (self-test only)").
 	Fault string
 }
+
+// Faults lists the accepted --fault values: the self-test faults, all
+// implemented by the events service (go/events/faults.go).
+var Faults = events.Faults
+
+// Bounds of --initial-window-size when it is not 0: HTTP/2's smallest
+// default window (grpc-go ignores anything smaller) and largest window.
+const (
+	MinWindowSize = 65535
+	MaxWindowSize = 1<<31 - 1
+)
 
 // Policies lists the accepted --backpressure values.
 var Policies = []string{"drop-newest", "drop-oldest", "block", "disconnect"}
@@ -107,7 +124,8 @@ func newFlagSet(cfg *Config) *flag.FlagSet {
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "how long graceful shutdown may take")
 	fs.DurationVar(&cfg.ChatKeepAlive, "chat-keepalive", cfg.ChatKeepAlive, "interval of keep-alive messages in Chat")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "minimum log level: "+strings.Join(LogLevels, ", "))
-	fs.StringVar(&cfg.Fault, "fault", cfg.Fault, "reserved for the conformance self-test")
+	fs.IntVar(&cfg.InitialWindowSize, "initial-window-size", cfg.InitialWindowSize, "fixed HTTP/2 stream and connection windows, bytes; 0 = dynamic (BDP probing)")
+	fs.StringVar(&cfg.Fault, "fault", cfg.Fault, "conformance self-test only: a deliberate defect, one of "+strings.Join(Faults, ", "))
 	return fs
 }
 
@@ -155,6 +173,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--max-message-size must be >= 1, got %d", c.MaxMessageSize)
 	case c.MaxConcurrentStreams < 0:
 		return fmt.Errorf("--max-concurrent-streams must be >= 0, got %d", c.MaxConcurrentStreams)
+	case c.InitialWindowSize != 0 && (c.InitialWindowSize < MinWindowSize || c.InitialWindowSize > MaxWindowSize):
+		return fmt.Errorf("--initial-window-size must be 0 or between %d and %d, got %d", MinWindowSize, MaxWindowSize, c.InitialWindowSize)
+	case c.Fault != "" && !slices.Contains(Faults, c.Fault):
+		return fmt.Errorf("--fault must be one of %s; got %q", strings.Join(Faults, ", "), c.Fault)
 	}
 	for _, d := range []struct {
 		flag  string

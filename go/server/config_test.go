@@ -18,6 +18,9 @@ func TestParseFlagsDefaults(t *testing.T) {
 	if cfg != DefaultConfig() {
 		t.Fatalf("got %+v, want the defaults %+v", cfg, DefaultConfig())
 	}
+	if cfg.Fault != "" || cfg.InitialWindowSize != 0 {
+		t.Fatalf("a fault or fixed windows by default: %+v", cfg)
+	}
 	if cfg.Port != 50051 || cfg.Backpressure != "disconnect" || cfg.MaxMessageSize != 4194304 || cfg.KeepaliveMinTime != 5*time.Second {
 		t.Fatalf("defaults differ from docs/contract.md: %+v", cfg)
 	}
@@ -25,15 +28,16 @@ func TestParseFlagsDefaults(t *testing.T) {
 
 func TestParseFlagsFlagBeatsEnv(t *testing.T) {
 	vars := map[string]string{
-		"POLYSTREAM_PORT":             "7000",
-		"POLYSTREAM_QUEUE_SIZE":       "9",
-		"POLYSTREAM_SHUTDOWN_GRACE":   "2s",
-		"POLYSTREAM_BACKPRESSURE":     "block",
-		"POLYSTREAM_FAULT":            "from-env",
-		"POLYSTREAM_KEEPALIVE_TIME":   "1m",
-		"POLYSTREAM_CHAT_KEEPALIVE":   "500ms",
-		"POLYSTREAM_DATA_DIR":         "/tmp/x",
-		"POLYSTREAM_MAX_MESSAGE_SIZE": "1024",
+		"POLYSTREAM_PORT":                "7000",
+		"POLYSTREAM_QUEUE_SIZE":          "9",
+		"POLYSTREAM_SHUTDOWN_GRACE":      "2s",
+		"POLYSTREAM_BACKPRESSURE":        "block",
+		"POLYSTREAM_FAULT":               "drop",
+		"POLYSTREAM_INITIAL_WINDOW_SIZE": "65536",
+		"POLYSTREAM_KEEPALIVE_TIME":      "1m",
+		"POLYSTREAM_CHAT_KEEPALIVE":      "500ms",
+		"POLYSTREAM_DATA_DIR":            "/tmp/x",
+		"POLYSTREAM_MAX_MESSAGE_SIZE":    "1024",
 	}
 	cfg, err := ParseFlags([]string{"--port", "0", "--queue-size=3", "-shutdown-grace", "1s"}, env(vars))
 	if err != nil {
@@ -42,7 +46,7 @@ func TestParseFlagsFlagBeatsEnv(t *testing.T) {
 	if cfg.Port != 0 || cfg.QueueSize != 3 || cfg.ShutdownGrace != time.Second {
 		t.Errorf("flags did not win: %+v", cfg)
 	}
-	if cfg.Backpressure != "block" || cfg.Fault != "from-env" || cfg.KeepaliveTime != time.Minute ||
+	if cfg.Backpressure != "block" || cfg.Fault != "drop" || cfg.InitialWindowSize != 65536 || cfg.KeepaliveTime != time.Minute ||
 		cfg.ChatKeepAlive != 500*time.Millisecond || cfg.DataDir != "/tmp/x" || cfg.MaxMessageSize != 1024 {
 		t.Errorf("variables not applied: %+v", cfg)
 	}
@@ -60,6 +64,11 @@ func TestParseFlagsRejectsBadInput(t *testing.T) {
 		{[]string{"--log-level", "verbose"}, nil, `--log-level must be one of debug, info, warn, error; got "verbose"`},
 		{[]string{"--port", "70000"}, nil, "--port must be between 0 and 65535, got 70000"},
 		{[]string{"--shutdown-grace", "0s"}, nil, "--shutdown-grace must be > 0, got 0s"},
+		{[]string{"--fault", "x"}, nil, `--fault must be one of reorder, drop, ignore-cancel, forget-history; got "x"`},
+		{nil, map[string]string{"POLYSTREAM_FAULT": "slow"}, `--fault must be one of reorder, drop, ignore-cancel, forget-history; got "slow"`},
+		{[]string{"--initial-window-size", "-1"}, nil, "--initial-window-size must be 0 or between 65535 and 2147483647, got -1"},
+		{[]string{"--initial-window-size", "1000"}, nil, "--initial-window-size must be 0 or between 65535 and 2147483647, got 1000"},
+		{[]string{"--initial-window-size", "2147483648"}, nil, "--initial-window-size must be 0 or between 65535 and 2147483647, got 2147483648"},
 		{[]string{"--publish-timeout", "5"}, nil, `invalid value "5" for flag -publish-timeout`},
 		{[]string{"--nope"}, nil, "flag provided but not defined: -nope"},
 		{[]string{"extra"}, nil, `unexpected argument "extra"`},

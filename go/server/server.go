@@ -118,6 +118,7 @@ func (s *Server) startServices(logger *slog.Logger, logs *updates.LogRing) error
 		Policy:         policy,
 		PublishTimeout: cfg.PublishTimeout,
 		Logger:         logger.With("service", "events"),
+		Fault:          cfg.Fault,
 	})
 	if err != nil {
 		return fmt.Errorf("events service: %w", err)
@@ -174,11 +175,25 @@ func (s *Server) serverOptions(stats *rpcStats) []grpc.ServerOption {
 	if cfg.MaxConcurrentStreams > 0 {
 		opts = append(opts, grpc.MaxConcurrentStreams(uint32(cfg.MaxConcurrentStreams)))
 	}
+	if cfg.InitialWindowSize > 0 {
+		// Fixed windows turn off grpc-go's BDP estimation, so flow control
+		// is deterministic (the conformance suite's flow-control checks).
+		opts = append(opts,
+			grpc.InitialWindowSize(int32(cfg.InitialWindowSize)),
+			grpc.InitialConnWindowSize(int32(cfg.InitialWindowSize)))
+	}
 	return opts
 }
 
-// Addr is the address the server listens on, with the real port.
-func (s *Server) Addr() string { return s.listener.Addr().String() }
+// Addr is the address the server listens on: the host as configured
+// (`0.0.0.0` stays `0.0.0.0`, not the listener's `[::]`) with the real port.
+func (s *Server) Addr() string {
+	_, port, err := net.SplitHostPort(s.listener.Addr().String())
+	if err != nil {
+		return s.listener.Addr().String()
+	}
+	return net.JoinHostPort(s.cfg.Host, port)
+}
 
 // Shutdown marks every service NOT_SERVING, ends open streams with
 // UNAVAILABLE, lets unary calls finish for up to cfg.ShutdownGrace, then
