@@ -3,6 +3,8 @@ package chat
 import (
 	"fmt"
 
+	"google.golang.org/grpc/metadata"
+
 	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
 )
 
@@ -19,6 +21,11 @@ func (s *Service) SubscribeMessages(req *chatv1.SubscribeRequest, stream chatv1.
 	m := newMember(req.GetUser())
 	s.rooms.join(room, m)
 	defer s.leave(room, m)
+	// Headers tell the client it is subscribed, as in the other
+	// subscriptions (the welcome follows at once).
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
+	}
 	welcome := systemMessage(chatv1.MessageType_MESSAGE_TYPE_SYSTEM, "system", room, fmt.Sprintf("welcome to %s, %s", room, m.user))
 	if err := stream.Send(stamped(welcome, 1)); err != nil {
 		return err

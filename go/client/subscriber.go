@@ -16,9 +16,11 @@ import (
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
 )
 
-// errEndedByServer: the server closed a subscription with OK, which a live
-// subscription never does on purpose, so the subscriber resumes.
-var errEndedByServer = errors.New("server ended the subscription")
+// ErrStreamEnded is what the subscriber reports (to OnDisconnect, and from
+// Run when it gives up) when the server ended a subscription with OK: a live
+// subscription never ends on purpose, so the subscriber resumes (it is
+// retryable, like a transport failure).
+var ErrStreamEnded = errors.New("server ended the subscription")
 
 // defaultHeartbeat is the server's interval when the request asks for 0.
 const defaultHeartbeat = 30 * time.Second
@@ -186,7 +188,7 @@ func (s *Subscriber) session(ctx context.Context, attempt int, onEvent func(*eve
 		case errors.Is(context.Cause(ctx), ErrStalled):
 			return received, ErrStalled
 		case errors.Is(err, io.EOF):
-			return received, errEndedByServer
+			return received, ErrStreamEnded
 		case err != nil:
 			return received, err
 		}

@@ -225,10 +225,35 @@ func TestRetryable(t *testing.T) {
 		status.Error(codes.Canceled, ""):          false,
 		context.Canceled:                          false,
 		ErrStalled:                                true,
-		errEndedByServer:                          true,
+		ErrStreamEnded:                            true,
 	} {
 		if Retryable(err) != want {
 			t.Errorf("Retryable(%v) = %v", err, !want)
 		}
+	}
+}
+
+// A stream the server ends with OK is reported as ErrStreamEnded (to
+// OnDisconnect, and from Run once retries are used up), and resumed.
+func TestServerEndingWithOKIsErrStreamEnded(t *testing.T) {
+	fake, conn := startScripted(t, func(call int, _ *eventsv1.SubscribeRequest, stream eventsv1.EventService_SubscribeServer) error {
+		if call == 0 {
+			stream.Send(event("e1", 1))
+		}
+		return nil // OK: the server ended the subscription
+	})
+	rec := &recorder{}
+	backoff := fastBackoff
+	backoff.MaxRetries = 1
+	sub, _ := NewSubscriber(conn, rec.config(SubscriberConfig{ClientID: "c", Backoff: backoff}))
+	err := sub.Run(testContext(t))
+	if !errors.Is(err, ErrStreamEnded) {
+		t.Fatalf("Run = %v, want ErrStreamEnded", err)
+	}
+	if len(rec.disconnects) == 0 || !errors.Is(rec.disconnects[0].err, ErrStreamEnded) || rec.disconnects[0].delay < 0 {
+		t.Fatalf("disconnects %+v, want ErrStreamEnded with a retry first", rec.disconnects)
+	}
+	if calls := fake.calls(); len(calls) < 2 || calls[1].LastEventId != "e1" {
+		t.Fatalf("calls %v, want a resume after e1", calls)
 	}
 }

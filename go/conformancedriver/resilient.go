@@ -133,9 +133,11 @@ func errorCode(err error) (string, string) {
 		return "DEADLINE_EXCEEDED", err.Error()
 	case errors.Is(err, client.ErrStalled):
 		return "UNAVAILABLE", err.Error()
+	case errors.Is(err, client.ErrStreamEnded):
+		return "OK", err.Error()
 	}
 	if st, ok := status.FromError(err); ok {
 		return client.CodeName(st.Code()), st.Message()
 	}
-	return "OK", err.Error() // go/client's "server ended the subscription"
+	return "UNAVAILABLE", err.Error() // a transport failure without a status, as in the Python driver
 }
