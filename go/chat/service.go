@@ -29,6 +29,9 @@ type Config struct {
 	Logger    *slog.Logger
 	Stats     func() Stats // server-wide counters for metrics; may be nil (then zeros)
 	Instance  string       // default instance_id label (hostname)
+	// Fault is a conformance fault (faults.go): `slow-reader=<ms>` or ""
+	// (the default: none). The server validates it; anything else is ignored.
+	Fault string
 }
 
 // queueSize bounds each subscriber's room queue; a full queue drops (and
@@ -44,6 +47,8 @@ type Service struct {
 	stats     func() Stats
 	instance  string
 	rooms     *roomHub
+	// slowReader > 0: the slow-reader fault's delay before each upload read.
+	slowReader time.Duration
 
 	// base is cancelled by Close so open streams end instead of outliving
 	// the service.
@@ -72,6 +77,10 @@ func New(cfg Config) *Service {
 		stats:     cfg.Stats,
 		instance:  cfg.Instance,
 		rooms:     newRoomHub(),
+	}
+	if d, ok, err := ParseSlowReader(cfg.Fault); ok && err == nil {
+		s.slowReader = d
+		s.log.Warn("SELF-TEST FAULT ACTIVE: this server is deliberately defective", "fault", cfg.Fault)
 	}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	return s

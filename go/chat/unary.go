@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 
+	"google.golang.org/grpc/status"
+
 	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
 )
 
@@ -22,6 +24,9 @@ func (s *Service) SendMessage(ctx context.Context, req *chatv1.SendMessageReques
 func (s *Service) UploadMessages(stream chatv1.ChatService_UploadMessagesServer) error {
 	var count int32
 	for {
+		if !s.slowRead(stream.Context()) {
+			return status.FromContextError(stream.Context().Err()).Err()
+		}
 		in, err := stream.Recv()
 		if err == io.EOF {
 			return stream.SendAndClose(&chatv1.UploadResponse{MessageCount: count, Success: true})

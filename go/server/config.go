@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/polystream/polystream/go/chat"
 	"github.com/polystream/polystream/go/events"
 )
 
@@ -40,9 +41,21 @@ type Config struct {
 	Fault string
 }
 
-// Faults lists the accepted --fault values: the self-test faults, all
-// implemented by the events service (go/events/faults.go).
-var Faults = events.Faults
+// Faults lists the accepted --fault values (docs/contract.md, "Fault modes
+// (self-test only)"): the events service's self-test faults
+// (go/events/faults.go) and chat's slow-reader=<ms> (go/chat/faults.go).
+var Faults = append(slices.Clone(events.Faults), chat.FaultSlowReader+"=<ms>")
+
+// checkFault refuses a --fault value no service implements.
+func checkFault(fault string) error {
+	if fault == "" || slices.Contains(events.Faults, fault) {
+		return nil
+	}
+	if _, ok, err := chat.ParseSlowReader(fault); ok {
+		return err
+	}
+	return fmt.Errorf("--fault must be one of %s; got %q", strings.Join(Faults, ", "), fault)
+}
 
 // Bounds of --initial-window-size when it is not 0: HTTP/2's smallest
 // default window (grpc-go ignores anything smaller) and largest window.
@@ -175,8 +188,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--max-concurrent-streams must be >= 0, got %d", c.MaxConcurrentStreams)
 	case c.InitialWindowSize != 0 && (c.InitialWindowSize < MinWindowSize || c.InitialWindowSize > MaxWindowSize):
 		return fmt.Errorf("--initial-window-size must be 0 or between %d and %d, got %d", MinWindowSize, MaxWindowSize, c.InitialWindowSize)
-	case c.Fault != "" && !slices.Contains(Faults, c.Fault):
-		return fmt.Errorf("--fault must be one of %s; got %q", strings.Join(Faults, ", "), c.Fault)
+	case checkFault(c.Fault) != nil:
+		return checkFault(c.Fault)
 	}
 	for _, d := range []struct {
 		flag  string

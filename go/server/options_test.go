@@ -12,6 +12,7 @@ import (
 	"golang.org/x/net/http2"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
 )
 
@@ -120,7 +121,7 @@ func TestStartRefusesAnUnknownFault(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Fault = "x"
 	_, err := Start(cfg, io.Discard)
-	want := `--fault must be one of reorder, drop, ignore-cancel, forget-history; got "x"`
+	want := `--fault must be one of reorder, drop, ignore-cancel, forget-history, slow-reader=<ms>; got "x"`
 	if err == nil || err.Error() != want {
 		t.Fatalf("Start: %v, want %s", err, want)
 	}
@@ -166,5 +167,31 @@ func TestFaultFlagReachesTheEventsService(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "SELF-TEST FAULT ACTIVE") {
 		t.Errorf("no warning that a fault is active in the log:\n%s", logs)
+	}
+}
+
+// --fault slow-reader=<ms> reaches the chat service: an upload of 3
+// messages takes at least 3 × 100 ms (go/chat tests it in detail).
+func TestSlowReaderFaultReachesTheChatService(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Fault = "slow-reader=100"
+	srv, _ := startServer(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	began := time.Now()
+	up, err := chatv1.NewChatServiceClient(dial(t, srv.Addr())).UploadMessages(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := up.Send(&chatv1.Message{User: "u", Content: "x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r, err := up.CloseAndRecv(); err != nil || r.MessageCount != 3 {
+		t.Fatalf("upload: %v %v", r, err)
+	}
+	if took := time.Since(began); took < 300*time.Millisecond {
+		t.Fatalf("upload of 3 took %v, want >= 300ms under slow-reader=100", took)
 	}
 }

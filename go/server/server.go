@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -118,7 +119,7 @@ func (s *Server) startServices(logger *slog.Logger, logs *updates.LogRing) error
 		Policy:         policy,
 		PublishTimeout: cfg.PublishTimeout,
 		Logger:         logger.With("service", "events"),
-		Fault:          cfg.Fault,
+		Fault:          eventsFault(cfg.Fault),
 	})
 	if err != nil {
 		return fmt.Errorf("events service: %w", err)
@@ -142,6 +143,7 @@ func (s *Server) startServices(logger *slog.Logger, logs *updates.LogRing) error
 		Logger:    logger.With("service", "chat"),
 		Stats:     stats.snapshot,
 		Instance:  instance,
+		Fault:     cfg.Fault, // chat acts only on slow-reader=<ms>
 	})
 	s.services = append(s.services, chatService)
 
@@ -157,6 +159,14 @@ func (s *Server) startServices(logger *slog.Logger, logs *updates.LogRing) error
 	}
 	reflection.Register(s.grpc) // v1 and v1alpha
 	return nil
+}
+
+// eventsFault is the part of --fault the events service implements.
+func eventsFault(fault string) string {
+	if slices.Contains(events.Faults, fault) {
+		return fault
+	}
+	return ""
 }
 
 func (s *Server) serverOptions(stats *rpcStats) []grpc.ServerOption {
