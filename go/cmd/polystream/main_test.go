@@ -54,6 +54,13 @@ func TestExitCodes(t *testing.T) {
 	if got := run(ctx, []string{"serve", "--backpressure", "x"}); got != 2 {
 		t.Errorf("bad serve flag exits %d, want 2", got)
 	}
+	// An unknown --fault is refused at start, before anything listens.
+	if got := run(ctx, []string{"serve", "--port", "0", "--fault", "x"}); got != 2 {
+		t.Errorf("unknown --fault exits %d, want 2", got)
+	}
+	if got := run(ctx, []string{"serve", "--port", "0", "--initial-window-size", "1000"}); got != 2 {
+		t.Errorf("too small --initial-window-size exits %d, want 2", got)
+	}
 }
 
 func TestListAndMapFlags(t *testing.T) {
