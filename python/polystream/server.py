@@ -5,7 +5,6 @@ shutdown/stats interceptor, and the `python -m polystream serve` entry point.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import inspect
@@ -55,7 +54,8 @@ def _status_code(code: Any) -> grpc.StatusCode:
 
 @dataclasses.dataclass
 class _Rpc:
-    cancelled: bool = False
+    cancelled: bool = False  # the handler saw CancelledError / GeneratorExit
+    finished: bool = False  # the handler ran to its end (returned, raised or aborted)
 
 
 @dataclasses.dataclass(eq=False)
@@ -126,8 +126,12 @@ class StreamGuard(grpc.aio.ServerInterceptor):
             if streaming:
                 self.active_streams -= 1
             # A handler cancelled by grpc (client cancel, deadline, lost
-            # connection) leaves the context's code unset, so remember it here.
-            if rpc.cancelled or ctx.cancelled():
+            # connection) leaves the context's code unset, and in grpcio 1.51
+            # `ctx.cancelled()` is False here. This callback may also run
+            # before the handler learns of the cancel (e.g. a stream parked in
+            # a write to a client that keeps its connection but cancelled):
+            # a call that ended while its handler had not finished was cancelled.
+            if rpc.cancelled or not rpc.finished or ctx.cancelled():
                 # The client's deadline may cancel the call a moment before the server's copy expires.
                 remaining = ctx.time_remaining()
                 expired = remaining is not None and remaining < DEADLINE_SLACK
@@ -143,10 +147,15 @@ class StreamGuard(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             rpc = self._started(context, method, streaming=False)
             try:
-                return await behavior(request, context)  # unary calls finish within the grace period
+                result = await behavior(request, context)  # unary calls finish within the grace period
             except asyncio.CancelledError:
                 rpc.cancelled = True
                 raise
+            except BaseException:
+                rpc.finished = True
+                raise
+            rpc.finished = True
+            return result
 
         return unary
 
@@ -173,6 +182,11 @@ class StreamGuard(grpc.aio.ServerInterceptor):
             stream = _Stream(asyncio.current_task())
             self._streams.add(stream)
             responses = behavior(request, context)
+            # grpc may end the call while this generator is parked at `yield`
+            # (a write failed: the client cancelled or its deadline passed) and
+            # then leave the generator to the garbage collector: release the
+            # stream and close the service's generator as soon as the call's task ends.
+            stream.task.add_done_callback(lambda task: self._abandoned(task, stream, responses, rpc))
             try:
                 while True:
                     stream.in_handler = True
@@ -194,11 +208,24 @@ class StreamGuard(grpc.aio.ServerInterceptor):
                 rpc.cancelled = True
                 raise
             finally:
+                rpc.finished = not rpc.cancelled  # returned, raised or ends for shutdown below
                 self._streams.discard(stream)
                 await responses.aclose()
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
         return generator
+
+    def _abandoned(self, task: asyncio.Task, stream: "_Stream", responses: Any, rpc: "_Rpc") -> None:
+        """The call's task ended; if the generator never finished, grpc gave up
+        on it (its write failed): the stream was cancelled."""
+        if stream not in self._streams:
+            return
+        self._streams.discard(stream)
+        rpc.cancelled = True
+        if not task.cancelled():
+            task.exception()  # grpc's failed write to a cancelled call: expected, not "never retrieved"
+        if not responses.ag_running and responses.ag_frame is not None:
+            asyncio.ensure_future(responses.aclose())
 
     async def _until_shutdown(self, coroutine, context: grpc.aio.ServicerContext, rpc: "_Rpc") -> Any:
         if self.shutting_down:
@@ -214,6 +241,7 @@ class StreamGuard(grpc.aio.ServerInterceptor):
             if not work.done():
                 work.cancel()
                 await asyncio.wait((work,))
+        rpc.finished = True
         if not work.cancelled():
             return work.result()
         await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
@@ -286,6 +314,17 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
     ]
     if config.max_concurrent_streams > 0:
         options.append(("grpc.max_concurrent_streams", config.max_concurrent_streams))  # per connection, as in Go
+    if config.initial_window_size > 0:
+        # Fixed HTTP/2 flow control, so flow-control checks do not depend on
+        # timing: no BDP probing (grpcio would otherwise grow its windows
+        # with the measured bandwidth-delay product), and
+        # `grpc.http2.lookahead_bytes` = the per-stream receive window this
+        # server announces (SETTINGS_INITIAL_WINDOW_SIZE), i.e. how many
+        # bytes a client may send on one stream (an upload) before the
+        # handler reads them. grpcio has no option for the connection
+        # window; what the server sends is bounded by the client's windows.
+        options.append(("grpc.http2.bdp_probe", 0))
+        options.append(("grpc.http2.lookahead_bytes", config.initial_window_size))
     return options
 
 
@@ -325,6 +364,7 @@ class RunningServer:
 
 
 async def start_server(config: ServerConfig) -> RunningServer:
+    config_module.validate(config)  # e.g. an unknown --fault is refused, as in Go
     root_logger = logging.getLogger("polystream")
     root_logger.setLevel(LOG_LEVELS[config.log_level])
     guard = StreamGuard(log)
@@ -390,18 +430,22 @@ async def _serve(config: ServerConfig) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="polystream serve", description="Run the polystream server.")
-    config_module.add_serve_flags(parser)
-    args = parser.parse_args(argv)
+    """`python -m polystream serve`: exit 0 after a graceful stop, 2 for a bad
+    flag (one line `polystream: serve: <message>`, as the Go binary), 1 when
+    the server cannot start."""
     try:
-        config = config_module.from_args(args)
+        config = config_module.parse_flags(list(sys.argv[1:] if argv is None else argv))
+    except config_module.HelpRequested:
+        print(config_module.usage())
+        return 0
     except ValueError as exc:
-        parser.error(str(exc))  # exits 2, like a bad flag
+        print(f"polystream: serve: {exc}", file=sys.stderr)
+        return 2
     _configure_logging(config.log_level)
     try:
         asyncio.run(_serve(config))
     except Exception as exc:  # could not start (port taken, data dir unusable): say why, exit 1
-        print(f"polystream: {exc}", file=sys.stderr)
+        print(f"polystream: serve: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -16,6 +16,7 @@ import grpc
 
 from polystream.chat.v1 import chat_pb2, chat_pb2_grpc
 from polystream.config import ServerConfig
+from polystream.services import chat_faults
 from polystream.services import chat_metrics
 from polystream.services.chat_rooms import (
     JOIN,
@@ -51,6 +52,10 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         self._stats = stats
         self._instance = socket.gethostname()
         self._rooms = RoomHub()
+        # > 0 only with the slow-reader conformance fault (chat_faults.py).
+        self._slow_reader = chat_faults.slow_reader_delay(config.fault)
+        if self._slow_reader:
+            logger.warning("SELF-TEST FAULT ACTIVE: this server is deliberately defective", extra={"fault": config.fault})
 
     def register(self, server: grpc.aio.Server) -> None:
         chat_pb2_grpc.add_ChatServiceServicer_to_server(self, server)
@@ -85,7 +90,12 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         # Each message is delivered as it arrives; nothing is buffered here, so
         # gRPC flow control paces a fast uploader.
         count = 0
-        async for incoming in request_iterator:
+        requests = aiter(request_iterator)
+        while True:
+            await chat_faults.slow_read(self._slow_reader)  # at once unless the slow-reader fault is on
+            incoming = await anext(requests, None)
+            if incoming is None:
+                break
             room = room_name(incoming.room)
             message = await _accepted(incoming, room, context)
             count += 1
@@ -107,6 +117,8 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         # Others hear of the join before this stream can end, so a LEAVE always follows a JOIN.
         self._rooms.deliver(room, system_message(JOIN, member.user, room, f"{member.user} joined"), member)
         try:
+            # Headers now (the welcome follows): the client learns that it is subscribed.
+            await context.send_initial_metadata(())
             welcome = system_message(SYSTEM, "system", room, f"welcome to {room}, {member.user}")
             yield stamped(welcome, 1)
             sequence = 1

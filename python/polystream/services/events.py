@@ -17,6 +17,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from polystream.config import ServerConfig
+from polystream.services import events_faults
 from polystream.events.v1 import events_pb2, events_pb2_grpc
 from polystream.services.events_filter import PatternError, TypeFilter
 from polystream.services.events_log import Draft, EventLog, LogClosed, ReplayGap, Subscriber, Subscription
@@ -95,7 +96,11 @@ def _parse_subscription(request: events_pb2.SubscribeRequest) -> tuple[str, Type
 class EventService(events_pb2_grpc.EventServiceServicer):
     def __init__(self, config: ServerConfig, logger: logging.Logger) -> None:
         self._logger = logger
-        store = SqliteEventStore(config.data_dir, config.history_size) if config.data_dir else None
+        self._fault = config.fault  # self-test only (events_faults.py); "" = none
+        if self._fault:
+            logger.warning("SELF-TEST FAULT ACTIVE: this server is deliberately defective", extra={"fault": self._fault})
+        data_dir = events_faults.store_data_dir(self._fault, config.data_dir)
+        store = SqliteEventStore(data_dir, config.history_size) if data_dir else None
         self._log = EventLog(config.history_size, config.queue_size, config.backpressure, config.publish_timeout, store)
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -204,7 +209,11 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         subscriber = subscription.subscriber
         # The client going away (cancel, deadline, lost connection) frees the
         # subscription at once, even while this generator is parked in a write.
-        context.add_done_callback(lambda _: self._log.unsubscribe(subscriber))
+        # (With the ignore-cancel self-test fault it stays counted instead.)
+        keep = events_faults.keep_cancelled(self._fault)
+        context.add_done_callback(lambda _: self._log.unsubscribe(subscriber, keep_counted=keep))
+        faults = events_faults.delivery(self._fault)  # None unless a reorder/drop self-test fault is active
+        cancelled = False
         client_id = subscriber.client_id
         beats = _Heartbeats(heartbeat_interval or DEFAULT_HEARTBEAT_SECONDS)
         channel = subscriber.channel  # the channel of what is queued; switches at each acknowledgement
@@ -215,8 +224,9 @@ class EventService(events_pb2_grpc.EventServiceServicer):
             if subscription.gap is not None:
                 yield _gap_event(subscription.gap, channel)
             for stored in subscription.replay:
-                yield stored.to_proto(channel)
-                self._log.count_delivered(client_id)
+                for event in faults.pass_(stored) if faults else (stored,):
+                    yield event.to_proto(channel)
+                    self._log.count_delivered(client_id)
                 if beats.due():
                     yield beats.next(channel)
             queue = subscriber.queue
@@ -227,8 +237,13 @@ class EventService(events_pb2_grpc.EventServiceServicer):
                     else:
                         yield beats.next(channel)
                     continue
+                hold = faults.hold_remaining() if faults else None
+                if hold == 0:  # reorder fault: a held event had no successor in time
+                    yield faults.release().to_proto(channel)
+                    self._log.count_delivered(client_id)
+                    continue
                 try:
-                    item = await queue.take(beats.remaining())
+                    item = await queue.take(beats.remaining() if hold is None else min(hold, beats.remaining()))
                 except QueueClosed as closed:
                     if closed.reason.code is None:
                         return
@@ -236,8 +251,9 @@ class EventService(events_pb2_grpc.EventServiceServicer):
                 if item is None:
                     continue
                 if isinstance(item, StoredEvent):
-                    yield item.to_proto(channel)
-                    self._log.count_delivered(client_id)
+                    for event in faults.pass_(item) if faults else (item,):
+                        yield event.to_proto(channel)
+                        self._log.count_delivered(client_id)
                 elif isinstance(item, DroppedMarker):
                     yield _dropped_event(item, channel)
                 elif isinstance(item, SubscriptionUpdated):
@@ -246,9 +262,16 @@ class EventService(events_pb2_grpc.EventServiceServicer):
                     if not item.delivered.done():
                         item.delivered.set_result(None)
                 elif isinstance(item, EndOfStream):
+                    held = faults.release() if faults else None
+                    if held is not None:
+                        yield held.to_proto(channel)
+                        self._log.count_delivered(client_id)
                     return
+        except (asyncio.CancelledError, GeneratorExit):
+            cancelled = True  # the client went away (or shutdown interrupted the stream)
+            raise
         finally:
-            self._log.unsubscribe(subscriber)
+            self._log.unsubscribe(subscriber, keep_counted=keep and cancelled)
             self._logger.debug("unsubscribe client=%s stream=%d", client_id, subscriber.stream_id)
 
 

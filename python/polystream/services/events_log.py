@@ -242,10 +242,15 @@ class EventLog:
         subscriber.queue.push_control(SubscriptionUpdated(channel, type_filter.patterns, delivered))
         return delivered
 
-    def unsubscribe(self, subscriber: Subscriber) -> None:
+    def unsubscribe(self, subscriber: Subscriber, keep_counted: bool = False) -> None:
+        """Publishers skip `subscriber` from now on. keep_counted (only the
+        ignore-cancel self-test fault, events_faults.py) leaves it counted
+        as an active stream of its client."""
         if self._subscribers.pop(subscriber.stream_id, None) is None:
             return
         subscriber.queue.close(Closed())
+        if keep_counted:
+            return
         stats = self._clients.get(subscriber.client_id)
         if stats is None:
             return

@@ -1,0 +1,81 @@
+"""SELF-TEST FAULTS: deliberate defects for the conformance harness's
+self-test only (conformance/selftest.yaml; semantics in docs/contract.md,
+"Fault modes (self-test only)"). Each one proves that a check notices the
+defect. None is active unless `--fault` (POLYSTREAM_FAULT) names it; every
+use of a fault by the events service goes through this module, and the
+semantics are the Go server's (go/events/faults.go):
+
+  reorder         a stream's 100th, 200th, ... log event (replay included)
+                  is held and sent right after the next one; a held event
+                  with no successor within 1 s is sent alone (late, not lost)
+  drop            a stream's 100th, 200th, ... log event is skipped, no marker
+  ignore-cancel   a stream whose client cancelled (or whose deadline passed)
+                  stays counted in GetConnectionStatus (it gets no more events)
+  forget-history  the event log ignores --data-dir: memory store, nothing
+                  kept across restarts
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
+
+from polystream.config import FAULTS
+from polystream.services.events_store import StoredEvent
+
+REORDER, DROP, IGNORE_CANCEL, FORGET_HISTORY = FAULTS
+FAULT_EVERY = 100  # reorder and drop act on a stream's 100th, 200th, ... log event
+REORDER_HOLD_MAX = 1.0  # seconds a held event waits for its successor
+
+
+def store_data_dir(fault: str, data_dir: str) -> str:
+    """The data directory the event log really uses."""
+    return "" if fault == FORGET_HISTORY else data_dir
+
+
+def keep_cancelled(fault: str) -> bool:
+    """Whether a stream that its client cancelled stays counted (ignore-cancel)."""
+    return fault == IGNORE_CANCEL
+
+
+def delivery(fault: str) -> Optional["FaultDelivery"]:
+    """A stream's reorder/drop state, or None when neither fault is active."""
+    if fault in (REORDER, DROP):
+        return FaultDelivery(fault)
+    return None
+
+
+class FaultDelivery:
+    """Counts one stream's log events on their way to the client and applies
+    reorder or drop."""
+
+    def __init__(self, fault: str) -> None:
+        self._fault = fault
+        self._count = 0
+        self._held: Optional[StoredEvent] = None
+        self._held_until = 0.0
+
+    def pass_(self, event: StoredEvent) -> list[StoredEvent]:
+        """The events to send now, in order, for the stream's next log event."""
+        self._count += 1
+        if self._fault == DROP:
+            return [] if self._count % FAULT_EVERY == 0 else [event]
+        if self._held is not None:
+            held = self.release()
+            return [event, held]
+        if self._count % FAULT_EVERY == 0:
+            self._held = event
+            self._held_until = asyncio.get_running_loop().time() + REORDER_HOLD_MAX
+            return []
+        return [event]
+
+    def release(self) -> Optional[StoredEvent]:
+        """Takes the held event (None if none)."""
+        held, self._held = self._held, None
+        return held
+
+    def hold_remaining(self) -> Optional[float]:
+        """Seconds until a held event is sent alone; None when nothing is held."""
+        if self._held is None:
+            return None
+        return max(0.0, self._held_until - asyncio.get_running_loop().time())

@@ -1,0 +1,180 @@
+"""The self-test faults (`--fault`, events_faults.py): each one is off by
+default, does exactly what conformance/selftest.yaml and the Go server say,
+and an unknown one is refused."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from conftest import eventually
+from polystream.config import ServerConfig
+from polystream.events.v1 import events_pb2 as pb
+from polystream.events.v1 import events_pb2_grpc as pb_grpc
+from polystream.server import start_server as raw_start_server
+
+
+async def publish(stub, count: int, channel: str = "f") -> list[int]:
+    sequences = []
+    for i in range(count):
+        response = await stub.Broadcast(pb.BroadcastRequest(event=pb.Event(type="t", data=str(i)), target_channels=[channel]))
+        sequences.append(response.sequence)
+    return sequences
+
+
+async def read_log_events(call, count: int, timeout: float = 10.0) -> list[int]:
+    """Sequences of the next `count` log events (control events and heartbeats skipped)."""
+    sequences: list[int] = []
+
+    async def read() -> None:
+        while len(sequences) < count:
+            event = await call.read()
+            assert event is not grpc.aio.EOF
+            if event.sequence:
+                sequences.append(event.sequence)
+
+    await asyncio.wait_for(read(), timeout)
+    return sequences
+
+
+async def subscribed(stub, client_id: str, **fields):
+    call = stub.Subscribe(pb.SubscribeRequest(client_id=client_id, channel="f", **fields))
+    await asyncio.wait_for(call.initial_metadata(), 5)
+    return call
+
+
+async def test_no_fault_by_default_delivers_every_event_in_order(start_server, open_channel):
+    server = await start_server(history_size=500)
+    assert server.config.fault == ""
+    stub = pb_grpc.EventServiceStub(open_channel(server.address))
+    call = await subscribed(stub, "plain")
+    published = await publish(stub, 250)
+    assert await read_log_events(call, 250) == published
+    call.cancel()
+
+
+async def test_reorder_swaps_every_100th_event_with_the_next(start_server, open_channel):
+    server = await start_server(fault="reorder", history_size=500)
+    stub = pb_grpc.EventServiceStub(open_channel(server.address))
+    call = await subscribed(stub, "r")
+    published = await publish(stub, 250)
+    expected = list(published)
+    for i in (99, 199):  # the 100th and the 200th go after their successors
+        expected[i], expected[i + 1] = expected[i + 1], expected[i]
+    assert await read_log_events(call, 250) == expected
+    status = await stub.GetConnectionStatus(pb.SubscribeRequest(client_id="r"))
+    assert status.events_received == 250
+    call.cancel()
+
+
+async def test_reorder_counts_replay_too_and_sends_a_held_event_alone_after_a_second(start_server, open_channel):
+    server = await start_server(fault="reorder", history_size=500)
+    stub = pb_grpc.EventServiceStub(open_channel(server.address))
+    published = await publish(stub, 100)
+    # An unknown id replays all 100: the stream's 100th event has no successor.
+    call = stub.Subscribe(pb.SubscribeRequest(client_id="held", channel="f", last_event_id="unknown-id"))
+    loop = asyncio.get_running_loop()
+    assert await read_log_events(call, 99) == published[:99]
+    ninety_ninth = loop.time()
+    assert await read_log_events(call, 1) == published[99:], "late, not lost"
+    assert loop.time() - ninety_ninth >= 0.8
+    call.cancel()
+
+
+async def test_drop_skips_every_100th_event_without_a_marker(start_server, open_channel):
+    server = await start_server(fault="drop", history_size=500)
+    stub = pb_grpc.EventServiceStub(open_channel(server.address))
+    call = await subscribed(stub, "d")
+    published = await publish(stub, 250)
+    expected = [s for i, s in enumerate(published, 1) if i % 100]
+    got = []
+    types = []
+    while len(got) < len(expected):
+        event = await asyncio.wait_for(call.read(), 10)
+        types.append(event.type)
+        if event.sequence:
+            got.append(event.sequence)
+    assert got == expected
+    assert "polystream.dropped" not in types
+    status = await stub.GetConnectionStatus(pb.SubscribeRequest(client_id="d"))
+    assert (status.events_received, status.events_dropped) == (248, 0)
+    call.cancel()
+
+
+@pytest.mark.parametrize("fault", ["", "ignore-cancel"])
+async def test_ignore_cancel_keeps_a_cancelled_stream_counted(start_server, open_channel, fault):
+    server = await start_server(fault=fault)
+    stub = pb_grpc.EventServiceStub(open_channel(server.address))
+
+    async def active(client_id: str) -> int:
+        return (await stub.GetConnectionStatus(pb.SubscribeRequest(client_id=client_id))).active_streams
+
+    call = await subscribed(stub, "ic")
+    assert await active("ic") == 1
+    call.cancel()  # the channel stays open
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Subscribe(pb.SubscribeRequest(client_id="ic-deadline", channel="f"), timeout=0.3).read()
+    await eventually(lambda: server.stats()[1] == 0, what="both streams ended")
+    await asyncio.sleep(0.3)
+    if fault:
+        assert (await active("ic"), await active("ic-deadline")) == (1, 1)
+        assert server.events.active_streams == 0, "a leaked registration gets no more events"
+    else:
+        assert (await active("ic"), await active("ic-deadline")) == (0, 0)
+
+
+@pytest.mark.parametrize("fault", ["", "forget-history"])
+async def test_forget_history_ignores_the_data_dir(tmp_path, open_channel, fault):
+    config = ServerConfig(host="127.0.0.1", port=0, data_dir=str(tmp_path), fault=fault)
+    server = await raw_start_server(config)
+    try:
+        stub = pb_grpc.EventServiceStub(open_channel(server.address))
+        first = await stub.Broadcast(pb.BroadcastRequest(event=pb.Event(type="t")))
+    finally:
+        await server.stop()
+    server = await raw_start_server(config)
+    try:
+        stub = pb_grpc.EventServiceStub(open_channel(server.address))
+        after = await stub.Broadcast(pb.BroadcastRequest(event=pb.Event(type="t")))
+        call = stub.Subscribe(pb.SubscribeRequest(client_id="fh", last_event_id=first.event_id))
+        event = await asyncio.wait_for(call.read(), 5)
+        call.cancel()
+    finally:
+        await server.stop()
+    if fault:
+        assert after.sequence == 1, "nothing kept across the restart"
+        assert event.type == "polystream.replay_gap"
+        assert not (tmp_path / "events.db").exists()
+    else:
+        assert after.sequence == first.sequence + 1
+        assert event.sequence == after.sequence
+
+
+async def test_an_unknown_fault_is_refused_at_start():
+    with pytest.raises(ValueError) as error:
+        await raw_start_server(ServerConfig(host="127.0.0.1", port=0, fault="slow"))
+    assert str(error.value) == '--fault must be one of reorder, drop, ignore-cancel, forget-history, slow-reader=<ms>; got "slow"'
+
+
+@pytest.mark.parametrize("fault", ["", "slow-reader=150"])
+async def test_slow_reader_paces_uploads(start_server, open_channel, fault):
+    from polystream.chat.v1 import chat_pb2, chat_pb2_grpc
+
+    server = await start_server(fault=fault)
+    stub = chat_pb2_grpc.ChatServiceStub(open_channel(server.address))
+
+    async def messages():
+        for i in range(6):
+            yield chat_pb2.Message(user="u", content=str(i), room="slow")
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await stub.UploadMessages(messages(), timeout=10)
+    elapsed = loop.time() - started
+    assert (response.message_count, response.success) == (6, True)
+    if fault:
+        assert elapsed >= 6 * 0.15 - 0.05, elapsed  # one read per 150 ms
+    else:
+        assert elapsed < 0.6, elapsed
