@@ -109,6 +109,9 @@ type Step struct {
 	WaitConnected *int `yaml:"wait_connected"`
 	// WaitDisconnected waits until every session reported this many disconnects.
 	WaitDisconnected int      `yaml:"wait_disconnected"`
+	// WaitType waits until every session received a message of this type
+	// (e.g. polystream.subscription_updated).
+	WaitType string `yaml:"wait_type"`
 	// WaitSent waits until every session reported sent{count >= N}.
 	WaitSent int `yaml:"wait_sent"`
 	WaitFinished     bool     `yaml:"wait_finished"`

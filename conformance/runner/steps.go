@@ -107,6 +107,20 @@ func (x *execution) step(ctx context.Context, st config.Step) *checks.Result {
 		return x.waitAll(ctx, st, "wait_disconnected", fmt.Sprintf("%d disconnections", n),
 			func(o *driver.Observations) bool { return len(o.Disconnected) >= n },
 			func(o *driver.Observations) string { return fmt.Sprintf("%d disconnections", len(o.Disconnected)) })
+	case st.WaitType != "":
+		typ := st.WaitType
+		count := func(o *driver.Observations) int {
+			n := 0
+			for _, r := range o.Received {
+				if r.GetType() == typ {
+					n++
+				}
+			}
+			return n
+		}
+		return x.waitAll(ctx, st, "wait_type", "a "+typ+" message received",
+			func(o *driver.Observations) bool { return count(o) > 0 },
+			func(o *driver.Observations) string { return fmt.Sprintf("%d %s, %d received in all", count(o), typ, len(o.Received)) })
 	case st.WaitSent > 0:
 		n := st.WaitSent
 		return x.waitAll(ctx, st, "wait_sent", fmt.Sprintf("%d messages sent", n),
