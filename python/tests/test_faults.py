@@ -178,3 +178,31 @@ async def test_slow_reader_paces_uploads(start_server, open_channel, fault):
         assert elapsed >= 6 * 0.15 - 0.05, elapsed  # one read per 150 ms
     else:
         assert elapsed < 0.6, elapsed
+
+
+async def test_ignore_cancel_still_releases_streams_the_server_ends(start_server, open_channel):
+    server = await start_server(fault="ignore-cancel")
+    stub = pb_grpc.EventServiceStub(open_channel(server.address))
+
+    async def active(client_id: str) -> int:
+        return (await stub.GetConnectionStatus(pb.SubscribeRequest(client_id=client_id))).active_streams
+
+    # Half-close: the server ends the stream with OK.
+    async def one_request():
+        yield pb.SubscribeRequest(client_id="half", channel="f")
+
+    async for _ in stub.SubscribeMultiple(one_request(), timeout=5):
+        pass
+    # A stream parked in the handler, cancelled by its client: kept.
+    call = await subscribed(stub, "kept")
+    call.cancel()
+    # Shutdown: the server ends the stream with UNAVAILABLE.
+    open_at_shutdown = await subscribed(stub, "shutdown")
+    await eventually(lambda: server.stats()[1] == 1, what="only the shutdown stream open")
+    assert (await active("half"), await active("kept"), await active("shutdown")) == (0, 1, 1)
+    await server.stop()
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await open_at_shutdown.read()
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    log = server.events._log  # the service is closed: read its counters directly
+    assert [len(log.status(c)[0].open_streams) for c in ("half", "kept", "shutdown")] == [0, 1, 0]

@@ -209,9 +209,12 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         subscriber = subscription.subscriber
         # The client going away (cancel, deadline, lost connection) frees the
         # subscription at once, even while this generator is parked in a write.
-        # (With the ignore-cancel self-test fault it stays counted instead.)
-        keep = events_faults.keep_cancelled(self._fault)
-        context.add_done_callback(lambda _: self._log.unsubscribe(subscriber, keep_counted=keep))
+        # (With the ignore-cancel self-test fault, `ignoring` decides instead.)
+        ignoring = events_faults.ignore_cancel(self._fault, lambda keep: self._log.unsubscribe(subscriber, keep_counted=keep))
+        if ignoring is None:
+            context.add_done_callback(lambda _: self._log.unsubscribe(subscriber))
+        else:
+            context.add_done_callback(lambda ctx: ignoring.call_ended(ctx.code()))
         faults = events_faults.delivery(self._fault)  # None unless a reorder/drop self-test fault is active
         cancelled = False
         client_id = subscriber.client_id
@@ -268,10 +271,13 @@ class EventService(events_pb2_grpc.EventServiceServicer):
                         self._log.count_delivered(client_id)
                     return
         except (asyncio.CancelledError, GeneratorExit):
-            cancelled = True  # the client went away (or shutdown interrupted the stream)
+            cancelled = True  # the client went away, or shutdown interrupted the stream
             raise
         finally:
-            self._log.unsubscribe(subscriber, keep_counted=keep and cancelled)
+            if ignoring is None:
+                self._log.unsubscribe(subscriber)
+            else:
+                ignoring.handler_ended(cancelled)
             self._logger.debug("unsubscribe client=%s stream=%d", client_id, subscriber.stream_id)
 
 

@@ -18,7 +18,9 @@ semantics are the Go server's (go/events/faults.go):
 from __future__ import annotations
 
 import asyncio
-from typing import Optional
+from typing import Any, Callable, Optional
+
+import grpc
 
 from polystream.config import FAULTS
 from polystream.services.events_store import StoredEvent
@@ -33,9 +35,35 @@ def store_data_dir(fault: str, data_dir: str) -> str:
     return "" if fault == FORGET_HISTORY else data_dir
 
 
-def keep_cancelled(fault: str) -> bool:
-    """Whether a stream that its client cancelled stays counted (ignore-cancel)."""
-    return fault == IGNORE_CANCEL
+def ignore_cancel(fault: str, unsubscribe: Callable[[bool], None]) -> Optional["IgnoreCancel"]:
+    """A stream's ignore-cancel state, or None when the fault is not active."""
+    return IgnoreCancel(unsubscribe) if fault == IGNORE_CANCEL else None
+
+
+class IgnoreCancel:
+    """ignore-cancel: once both the handler and the call have ended, the
+    stream is unsubscribed, and stays counted if its client ended it (the
+    handler was interrupted and the server set no status: cancel, deadline,
+    lost connection). Streams the server ends (queue overflow, half-close,
+    a bad update, shutdown's UNAVAILABLE) are released as usual."""
+
+    def __init__(self, unsubscribe: Callable[[bool], None]) -> None:
+        self._unsubscribe = unsubscribe  # unsubscribe(keep_counted)
+        self._interrupted: Optional[bool] = None  # set when the handler ended
+        self._client_ended: Optional[bool] = None  # set when the call ended
+
+    def handler_ended(self, interrupted: bool) -> None:
+        self._interrupted = interrupted
+        self._settle()
+
+    def call_ended(self, code: Any) -> None:
+        self._client_ended = code in (None, 0, grpc.StatusCode.OK)  # no status of the server's
+        self._settle()
+
+    def _settle(self) -> None:
+        if self._interrupted is None or self._client_ended is None:
+            return
+        self._unsubscribe(self._interrupted and self._client_ended)
 
 
 def delivery(fault: str) -> Optional["FaultDelivery"]:
