@@ -643,6 +643,10 @@ func Response(_ context.Context, in *Input, p config.Params) Result {
 		}
 		for k, want := range p.Fields {
 			got, ok := lookup(v, k)
+			want = substitute(want, in)
+			if !ok && (want == "0" || want == "false") {
+				ok, got = true, want // protobuf JSON leaves zero values out
+			}
 			if !ok || (want == "*" && got == "") || (want != "*" && got != want) {
 				return false, fmt.Sprintf("%s = %q in %s", k, got, o.Finished.GetResponseJson())
 			}
@@ -779,6 +783,7 @@ func substitute(s string, in *Input) string {
 		return s
 	}
 	s = strings.ReplaceAll(s, "$PUBLISHED_FIRST_ID", in.Published[0].ID)
+	s = strings.ReplaceAll(s, "$PUBLISHED_FIRST_SEQ", fmt.Sprint(in.Published[0].Sequence))
 	return strings.ReplaceAll(s, "$PUBLISHED_LAST_ID", in.Published[len(in.Published)-1].ID)
 }
 

@@ -143,6 +143,9 @@ type Publish struct {
 	Async bool `yaml:"async"`
 	// Metadata on every event.
 	Metadata map[string]string `yaml:"metadata"`
+	// ID is the publisher-supplied event id (variables allowed); only
+	// with count 1.
+	ID string `yaml:"id"`
 	// UntilReceived publishes one event at a time (Count is then the most
 	// tries) until every session received one of them, waiting Wait for
 	// each: a sentinel that flushes a pending drop marker even if an

@@ -79,6 +79,8 @@ type PublishSpec struct {
 	Concurrency int
 	Interval    time.Duration
 	Metadata    map[string]string
+	// ID is a publisher-supplied id (Count 1).
+	ID string
 	// Tag goes into every event's data so a report can tell cases apart.
 	Tag string
 }
@@ -114,7 +116,7 @@ func (p *Probe) Publish(ctx context.Context, spec PublishSpec) ([]Published, err
 				data := fmt.Sprintf(`{"tag":%q,"n":%d,"pad":%q}`, spec.Tag, i+1, pad)
 				cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 				res, err := c.Broadcast(cctx, &eventsv1.BroadcastRequest{
-					Event:          &eventsv1.Event{Type: typ, Data: data, Metadata: spec.Metadata},
+					Event:          &eventsv1.Event{Id: spec.ID, Type: typ, Data: data, Metadata: spec.Metadata},
 					TargetChannels: spec.Channels,
 				})
 				cancel()

@@ -137,7 +137,7 @@ func (x *execution) step(ctx context.Context, st config.Step) *checks.Result {
 			chans = append(chans, x.sub(ch))
 		}
 		spec := probe.PublishSpec{Count: p.Count, Type: p.Type, Channels: chans, DataBytes: p.DataBytes,
-			Concurrency: p.Concurrency, Interval: p.Interval.D(), Metadata: p.Metadata, Tag: x.c.ID}
+			Concurrency: p.Concurrency, Interval: p.Interval.D(), Metadata: p.Metadata, Tag: x.c.ID, ID: x.sub(p.ID)}
 		run := func() error {
 			t := time.Now()
 			pubs, err := x.srv.probe.Publish(ctx, spec)
