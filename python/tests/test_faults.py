@@ -206,3 +206,39 @@ async def test_ignore_cancel_still_releases_streams_the_server_ends(start_server
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
     log = server.events._log  # the service is closed: read its counters directly
     assert [len(log.status(c)[0].open_streams) for c in ("half", "kept", "shutdown")] == [0, 1, 0]
+
+
+@pytest.mark.parametrize("fault,service", [("drop", "events"), ("slow-reader=5", "chat")])
+async def test_an_active_fault_is_announced_in_the_servers_log(start_server, open_channel, fault, service):
+    from polystream.updates.v1 import updates_pb2, updates_pb2_grpc
+
+    server = await start_server(fault=fault)
+    stub = updates_pb2_grpc.StreamServiceStub(open_channel(server.address))
+    entries = [e async for e in stub.TailLogs(updates_pb2.LogRequest(log_level="warn", lines=100), timeout=5)]
+    announced = [e for e in entries if e.message == "SELF-TEST FAULT ACTIVE: this server is deliberately defective"]
+    assert len(announced) == 1
+    assert (announced[0].level, announced[0].service, announced[0].fields["fault"]) == ("warn", service, fault)
+
+
+async def test_no_fault_no_announcement(start_server, open_channel):
+    from polystream.updates.v1 import updates_pb2, updates_pb2_grpc
+
+    server = await start_server()
+    stub = updates_pb2_grpc.StreamServiceStub(open_channel(server.address))
+    entries = [e async for e in stub.TailLogs(updates_pb2.LogRequest(log_level="warn", lines=100), timeout=5)]
+    assert not [e for e in entries if "FAULT" in e.message]
+
+
+async def test_reorder_sends_a_held_event_before_a_half_closed_stream_ends(start_server, open_channel):
+    server = await start_server(fault="reorder", history_size=500)
+    stub = pb_grpc.EventServiceStub(open_channel(server.address))
+    published = await publish(stub, 100)
+
+    async def one_request():  # then half-close: the server delivers what is queued and ends with OK
+        yield pb.SubscribeRequest(client_id="mh", channel="f", last_event_id="unknown-id")
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    got = [e.sequence async for e in stub.SubscribeMultiple(one_request(), timeout=5) if e.sequence]
+    assert got == published
+    assert loop.time() - started < 0.9, "not the 1 s hold: the half-close released it"

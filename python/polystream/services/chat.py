@@ -54,14 +54,16 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         self._rooms = RoomHub()
         # > 0 only with the slow-reader conformance fault (chat_faults.py).
         self._slow_reader = chat_faults.slow_reader_delay(config.fault)
-        if self._slow_reader:
-            logger.warning("SELF-TEST FAULT ACTIVE: this server is deliberately defective", extra={"fault": config.fault})
+        self._fault = config.fault
 
     def register(self, server: grpc.aio.Server) -> None:
         chat_pb2_grpc.add_ChatServiceServicer_to_server(self, server)
 
     async def start(self) -> None:
-        pass  # nothing to prepare: rooms exist while someone is in them
+        # Nothing to prepare (rooms exist while someone is in them), but say
+        # so when the slow-reader fault is on (at start, so TailLogs has it too).
+        if self._slow_reader:
+            self._log.warning("SELF-TEST FAULT ACTIVE: this server is deliberately defective", extra={"fault": self._fault})
 
     async def close(self) -> None:
         pass  # open streams are ended by the server's shutdown interceptor

@@ -97,8 +97,6 @@ class EventService(events_pb2_grpc.EventServiceServicer):
     def __init__(self, config: ServerConfig, logger: logging.Logger) -> None:
         self._logger = logger
         self._fault = config.fault  # self-test only (events_faults.py); "" = none
-        if self._fault:
-            logger.warning("SELF-TEST FAULT ACTIVE: this server is deliberately defective", extra={"fault": self._fault})
         data_dir = events_faults.store_data_dir(self._fault, config.data_dir)
         store = SqliteEventStore(data_dir, config.history_size) if data_dir else None
         self._log = EventLog(config.history_size, config.queue_size, config.backpressure, config.publish_timeout, store)
@@ -107,6 +105,8 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         events_pb2_grpc.add_EventServiceServicer_to_server(self, server)
 
     async def start(self) -> None:
+        if events_faults.active(self._fault):  # at start, so TailLogs has it too
+            self._logger.warning("SELF-TEST FAULT ACTIVE: this server is deliberately defective", extra={"fault": self._fault})
         await self._log.open()
 
     async def close(self) -> None:

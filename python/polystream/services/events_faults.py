@@ -30,6 +30,11 @@ FAULT_EVERY = 100  # reorder and drop act on a stream's 100th, 200th, ... log ev
 REORDER_HOLD_MAX = 1.0  # seconds a held event waits for its successor
 
 
+def active(fault: str) -> bool:
+    """Whether `fault` is one of the events service's."""
+    return fault in FAULTS
+
+
 def store_data_dir(fault: str, data_dir: str) -> str:
     """The data directory the event log really uses."""
     return "" if fault == FORGET_HISTORY else data_dir
