@@ -210,7 +210,7 @@ class StreamGuard(grpc.aio.ServerInterceptor):
             finally:
                 rpc.finished = not rpc.cancelled  # returned, raised or ends for shutdown below
                 self._streams.discard(stream)
-                await responses.aclose()
+                await _close_unless_running(responses)
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
         return generator
@@ -224,8 +224,7 @@ class StreamGuard(grpc.aio.ServerInterceptor):
         rpc.cancelled = True
         if not task.cancelled():
             task.exception()  # grpc's failed write to a cancelled call: expected, not "never retrieved"
-        if not responses.ag_running and responses.ag_frame is not None:
-            asyncio.ensure_future(responses.aclose())
+        asyncio.ensure_future(_close_unless_running(responses))
 
     async def _until_shutdown(self, coroutine, context: grpc.aio.ServicerContext, rpc: "_Rpc") -> Any:
         if self.shutting_down:
@@ -245,6 +244,14 @@ class StreamGuard(grpc.aio.ServerInterceptor):
         if not work.cancelled():
             return work.result()
         await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+
+async def _close_unless_running(generator: Any) -> None:
+    """Closes a service's generator unless another closer is already at it
+    (grpc's finalizer of an abandoned stream and `_abandoned` may race)."""
+    if generator.ag_running or generator.ag_frame is None:
+        return
+    await generator.aclose()
 
 
 # --- health ---

@@ -56,6 +56,8 @@ def records():
 
 @pytest.mark.parametrize("how", ["cancel", "deadline"])
 async def test_a_stuck_stream_cancelled_with_the_connection_open_is_logged_and_released(start_server, open_channel, records, how):
+    errors = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context.get("message")))
     server = await start_server(history_size=100)
     channel = open_channel(server.address, SMALL_WINDOW)  # stays open throughout
     stub = pb_grpc.EventServiceStub(channel)
@@ -74,6 +76,31 @@ async def test_a_stuck_stream_cancelled_with_the_connection_open_is_logged_and_r
     status = await stub.GetConnectionStatus(pb.SubscribeRequest(client_id="stuck"))
     assert (status.connected, status.active_streams) == (False, 0)
     assert server.events.active_streams == 0
+    await asyncio.sleep(0.2)
+    assert errors == []
+
+
+async def test_a_stuck_chat_cancelled_with_the_connection_open_is_logged_and_leaves_its_room(start_server, open_channel, records):
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context.get("message")))
+    server = await start_server()
+    stub = chat_pb2_grpc.ChatServiceStub(open_channel(server.address, SMALL_WINDOW))
+    call = stub.Chat()
+    for _ in range(60):  # echoes pile up: the client reads nothing
+        try:
+            await asyncio.wait_for(asyncio.shield(call.write(chat_pb2.Message(user="u", room="stuck", content="x" * 50_000))), 0.3)
+        except asyncio.TimeoutError:
+            break
+    await asyncio.sleep(0.3)
+    assert server.chat.members("stuck") == 1
+    call.cancel()
+    chat = "/polystream.chat.v1.ChatService/Chat"
+    await eventually(lambda: records.codes(chat), timeout=5, what="the rpc record")
+    assert records.codes(chat) == ["CANCELLED"]
+    await eventually(lambda: server.chat.members("stuck") == 0 and server.stats()[1] == 0, what="the stream released")
+    await asyncio.sleep(0.2)
+    assert errors == [], "no unretrieved task errors, no double close"
 
 
 # --- response headers as soon as a subscription is registered ---
