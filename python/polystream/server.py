@@ -387,7 +387,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     health.register(server)
     reflection.ServerReflection((*SERVICE_NAMES, "grpc.health.v1.Health")).register(server)
     try:
-        port = server.add_insecure_port(f"{config.host}:{config.port}")
+        port = server.add_insecure_port(f"{_join_host(config.host)}:{config.port}")
     except RuntimeError:  # grpcio's way of saying the bind failed
         port = 0
     if port == 0:
@@ -408,10 +408,14 @@ async def start_server(config: ServerConfig) -> RunningServer:
         if log_handler is not None:
             root_logger.removeHandler(log_handler)
         raise
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    address = f"{host}:{port}"
+    address = f"{_join_host(config.host)}:{port}"  # the host as given, as Go's net.JoinHostPort writes it
     log.info("listening", extra={"address": address})
     return RunningServer(address, port, events, updates, chat, config, server, guard, health, log_handler)
+
+
+def _join_host(host: str) -> str:
+    """An IPv6 literal in brackets (net.JoinHostPort's form), anything else as given."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 # --- `python -m polystream serve` ---

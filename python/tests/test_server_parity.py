@@ -10,6 +10,7 @@ import logging
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -284,10 +285,14 @@ async def test_sigterm_after_a_deadline_cancelled_endless_query_stops_within_the
         process.communicate()
 
 
-def test_the_listening_line_prints_the_host_as_given():
-    process, address = start_process("--host", "0.0.0.0")
+@pytest.mark.parametrize("host,printed", [("0.0.0.0", "0.0.0.0"), ("localhost", "localhost"), ("::1", "[::1]")])
+def test_the_listening_line_prints_the_host_as_given(host, printed):
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    process, address = start_process("--host", host)
     try:
-        assert address.startswith("0.0.0.0:")
+        assert address.rsplit(":", 1)[0] == printed
+        assert int(address.rsplit(":", 1)[1]) > 0
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
     finally:
