@@ -242,3 +242,16 @@ async def test_reorder_sends_a_held_event_before_a_half_closed_stream_ends(start
     got = [e.sequence async for e in stub.SubscribeMultiple(one_request(), timeout=5) if e.sequence]
     assert got == published
     assert loop.time() - started < 0.9, "not the 1 s hold: the half-close released it"
+
+
+async def test_ignore_cancel_keeps_a_stream_cancelled_while_its_write_is_stuck(start_server, open_channel):
+    server = await start_server(fault="ignore-cancel", history_size=100)
+    stub = pb_grpc.EventServiceStub(open_channel(server.address, [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)]))
+    call = await subscribed(stub, "stuck")
+    for _ in range(40):  # the client reads nothing: the server's write blocks
+        await stub.Broadcast(pb.BroadcastRequest(event=pb.Event(type="big", data="x" * 60_000), target_channels=["f"]))
+    await asyncio.sleep(0.3)
+    call.cancel()
+    await eventually(lambda: server.stats()[1] == 0 and server.events.active_streams == 0, what="the stream out of delivery")
+    status = await stub.GetConnectionStatus(pb.SubscribeRequest(client_id="stuck"))
+    assert (status.connected, status.active_streams) == (True, 1)
