@@ -45,7 +45,8 @@ type Input struct {
 	Server       Server
 }
 
-// FaultWindow is one injected fault (for pause: from pause to unpause).
+// FaultWindow is one injected fault: for pause (disconnect), from the pause
+// until the harness starts the unpause (reconnect).
 type FaultWindow struct {
 	Kind       string
 	Start, End time.Time

@@ -169,8 +169,10 @@ func (x *execution) step(ctx context.Context, st config.Step) *checks.Result {
 		}
 	case st.Fault != nil:
 		fw := checks.FaultWindow{Kind: st.Fault.Kind, Start: time.Now()}
-		err := x.fault(ctx, st.Fault)
-		fw.End = time.Now()
+		err := x.fault(ctx, st.Fault, &fw)
+		if fw.End.IsZero() {
+			fw.End = time.Now()
+		}
 		x.mu.Lock()
 		x.faults = append(x.faults, fw)
 		x.mu.Unlock()
@@ -250,7 +252,9 @@ func (x *execution) waitAll(ctx context.Context, st config.Step, kind, exp strin
 	return nil
 }
 
-func (x *execution) fault(ctx context.Context, f *config.Fault) error {
+// fault injects f; for pause and disconnect, w.End is set when the harness
+// starts undoing it (the process may run again before the call returns).
+func (x *execution) fault(ctx context.Context, f *config.Fault, w *checks.FaultWindow) error {
 	c := x.srv.c
 	pause := func(d time.Duration) {
 		select {
@@ -280,12 +284,14 @@ func (x *execution) fault(ctx context.Context, f *config.Fault) error {
 			return err
 		}
 		pause(f.Duration.D())
+		w.End = time.Now()
 		return c.Unpause(ctx)
 	case "disconnect":
 		if err := c.Disconnect(ctx); err != nil {
 			return err
 		}
 		pause(f.Duration.D())
+		w.End = time.Now()
 		if err := c.Connect(ctx); err != nil {
 			return err
 		}
