@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/polystream/polystream/go/chat"
+	codenames "github.com/polystream/polystream/go/internal/codes"
 )
 
 // ShuttingDownMessage is the status message of streams ended by shutdown.
@@ -82,42 +83,12 @@ type rpcLogger struct{ log *slog.Logger }
 
 func (l rpcLogger) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	resp, err := handler(ctx, req)
-	l.log.Info("rpc", "method", info.FullMethod, "code", CodeName(status.Code(err)))
+	l.log.Info("rpc", "method", info.FullMethod, "code", codenames.Name(status.Code(err)))
 	return resp, err
 }
 
 func (l rpcLogger) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	err := handler(srv, ss)
-	l.log.Info("rpc", "method", info.FullMethod, "code", CodeName(status.Code(err)))
+	l.log.Info("rpc", "method", info.FullMethod, "code", codenames.Name(status.Code(err)))
 	return err
-}
-
-// codeNames are the canonical names (as in grpc's status protos and
-// Python's grpc.StatusCode), which differ from Go's String() forms.
-var codeNames = map[codes.Code]string{
-	codes.OK:                 "OK",
-	codes.Canceled:           "CANCELLED",
-	codes.Unknown:            "UNKNOWN",
-	codes.InvalidArgument:    "INVALID_ARGUMENT",
-	codes.DeadlineExceeded:   "DEADLINE_EXCEEDED",
-	codes.NotFound:           "NOT_FOUND",
-	codes.AlreadyExists:      "ALREADY_EXISTS",
-	codes.PermissionDenied:   "PERMISSION_DENIED",
-	codes.ResourceExhausted:  "RESOURCE_EXHAUSTED",
-	codes.FailedPrecondition: "FAILED_PRECONDITION",
-	codes.Aborted:            "ABORTED",
-	codes.OutOfRange:         "OUT_OF_RANGE",
-	codes.Unimplemented:      "UNIMPLEMENTED",
-	codes.Internal:           "INTERNAL",
-	codes.Unavailable:        "UNAVAILABLE",
-	codes.DataLoss:           "DATA_LOSS",
-	codes.Unauthenticated:    "UNAUTHENTICATED",
-}
-
-// CodeName returns a status code's canonical name, e.g. INVALID_ARGUMENT.
-func CodeName(c codes.Code) string {
-	if name, ok := codeNames[c]; ok {
-		return name
-	}
-	return c.String()
 }

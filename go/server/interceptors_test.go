@@ -54,14 +54,6 @@ func TestShutdownInterceptorTurnsCancelIntoUnavailable(t *testing.T) {
 	}
 }
 
-func TestCodeName(t *testing.T) {
-	for code, want := range map[codes.Code]string{codes.OK: "OK", codes.Canceled: "CANCELLED", codes.InvalidArgument: "INVALID_ARGUMENT", codes.Code(99): "Code(99)"} {
-		if got := CodeName(code); got != want {
-			t.Errorf("CodeName(%d) = %q, want %q", code, got, want)
-		}
-	}
-}
-
 func mustAtoi(t *testing.T, s string) int {
 	t.Helper()
 	n, err := strconv.Atoi(s)
