@@ -138,7 +138,37 @@ class ServerReflection(pb_grpc.ServerReflectionServicer):
             if current.name in sent and current is not file:
                 continue
             sent.add(current.name)
-            proto = descriptor_pb2.FileDescriptorProto()
-            current.CopyToProto(proto)
-            out.append(proto.SerializeToString())
+            out.append(_file_proto(current).SerializeToString())
             pending.extend(current.dependencies)
+
+
+def _file_proto(file) -> descriptor_pb2.FileDescriptorProto:
+    """The file's descriptor proto with every field's json_name filled in, as
+    protoc (and so grpc-go's reflection) sends it: CopyToProto leaves json_name
+    out, and grpcurl would then print proto names (event_id) where it prints
+    JSON names (eventId) against the Go server."""
+    proto = descriptor_pb2.FileDescriptorProto()
+    file.CopyToProto(proto)
+    pending = list(proto.message_type)
+    while pending:
+        message = pending.pop()
+        for field in list(message.field) + list(message.extension):
+            if not field.HasField("json_name"):
+                field.json_name = _json_name(field.name)
+        pending.extend(message.nested_type)
+    for field in proto.extension:
+        if not field.HasField("json_name"):
+            field.json_name = _json_name(field.name)
+    return proto
+
+
+def _json_name(name: str) -> str:
+    """protoc's rule: drop each underscore and upper-case the letter after it."""
+    out, upper = [], False
+    for ch in name:
+        if ch == "_":
+            upper = True
+        else:
+            out.append(ch.upper() if upper else ch)
+            upper = False
+    return "".join(out)

@@ -73,6 +73,10 @@ async def test_reflection_lists_services_and_serves_descriptors(start_server, op
     assert events_files[0].name == "polystream/events/v1/events.proto"
     assert {"google/protobuf/any.proto", "google/protobuf/timestamp.proto"} <= {f.name for f in events_files[1:]}
     assert "EventService" in [s.name for s in events_files[0].service]
+    # json_name as protoc sets it, so grpcurl prints the same JSON names as against Go.
+    json_names = {(m.name, f.name): f.json_name for m in events_files[0].message_type for f in m.field}
+    assert json_names[("SubscribeRequest", "client_id")] == "clientId"
+    assert json_names[("BroadcastResponse", "event_id")] == "eventId"
     assert files_of(by_method)[0].name == "polystream/chat/v1/chat.proto"
     assert files_of(by_file)[0].package == "polystream.updates.v1"
     assert [f.name for f in files_of(again)] == ["polystream/events/v1/events.proto"], "dependencies go once per stream"
