@@ -226,10 +226,13 @@ class EventService(events_pb2_grpc.EventServiceServicer):
             await context.send_initial_metadata(())
             if subscription.gap is not None:
                 yield _gap_event(subscription.gap, channel)
+            # Each log event is counted as it is handed to grpc, as Go counts it once
+            # Send has queued it: counting after the yield would miss the last one
+            # when the client cancels right after receiving it.
             for stored in subscription.replay:
                 for event in faults.pass_(stored) if faults else (stored,):
-                    yield event.to_proto(channel)
                     self._log.count_delivered(client_id)
+                    yield event.to_proto(channel)
                 if beats.due():
                     yield beats.next(channel)
             queue = subscriber.queue
@@ -242,8 +245,8 @@ class EventService(events_pb2_grpc.EventServiceServicer):
                     continue
                 hold = faults.hold_remaining() if faults else None
                 if hold == 0:  # reorder fault: a held event had no successor in time
-                    yield faults.release().to_proto(channel)
                     self._log.count_delivered(client_id)
+                    yield faults.release().to_proto(channel)
                     continue
                 try:
                     item = await queue.take(beats.remaining() if hold is None else min(hold, beats.remaining()))
@@ -255,8 +258,8 @@ class EventService(events_pb2_grpc.EventServiceServicer):
                     continue
                 if isinstance(item, StoredEvent):
                     for event in faults.pass_(item) if faults else (item,):
-                        yield event.to_proto(channel)
                         self._log.count_delivered(client_id)
+                        yield event.to_proto(channel)
                 elif isinstance(item, DroppedMarker):
                     yield _dropped_event(item, channel)
                 elif isinstance(item, SubscriptionUpdated):
@@ -267,8 +270,8 @@ class EventService(events_pb2_grpc.EventServiceServicer):
                 elif isinstance(item, EndOfStream):
                     held = faults.release() if faults else None
                     if held is not None:
-                        yield held.to_proto(channel)
                         self._log.count_delivered(client_id)
+                        yield held.to_proto(channel)
                     return
         except (asyncio.CancelledError, GeneratorExit):
             cancelled = True  # the client went away, or shutdown interrupted the stream
