@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 const (
@@ -66,7 +67,7 @@ func (s *subscriber) next() *chatv1.Message {
 
 func TestSendMessage(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	general := subscribe(t, ctx, e, "", "alice")
 	other := subscribe(t, ctx, e, "other", "carol")
 
@@ -91,20 +92,20 @@ func TestSendMessage(t *testing.T) {
 	}
 
 	_, err = e.client.SendMessage(ctx, &chatv1.SendMessageRequest{Content: "hi"})
-	wantStatus(t, err, codes.InvalidArgument, "user is required")
+	grpctest.WantStatus(t, err, codes.InvalidArgument, "user is required")
 	_, err = e.client.SendMessage(ctx, &chatv1.SendMessageRequest{User: "bob"})
-	wantStatus(t, err, codes.InvalidArgument, "content is required")
+	grpctest.WantStatus(t, err, codes.InvalidArgument, "content is required")
 }
 
 func TestSubscribeJoinLeave(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	s, err := e.client.SubscribeMessages(ctx, &chatv1.SubscribeRequest{Room: "r"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = recvAll[chatv1.Message](s)
-	wantStatus(t, err, codes.InvalidArgument, "user is required")
+	_, err = grpctest.RecvAll[chatv1.Message](s)
+	grpctest.WantStatus(t, err, codes.InvalidArgument, "user is required")
 
 	alice := subscribe(t, ctx, e, "r", "alice")
 	bobCtx, bobLeaves := context.WithCancel(ctx)
@@ -126,7 +127,7 @@ func TestSubscribeJoinLeave(t *testing.T) {
 	if m := alice.next(); m.GetType() != typLeave || m.GetUser() != "bob" {
 		t.Fatalf("alice expected bob's LEAVE, got %v", m)
 	}
-	waitFor(t, "room r to have one member", func() bool { return e.svc.rooms.count("r") == 1 })
+	grpctest.WaitFor(t, "room r to have one member", func() bool { return e.svc.rooms.count("r") == 1 })
 }
 
 // chatStream is one bidirectional Chat stream.
@@ -173,7 +174,7 @@ func (c *chatStream) next() *chatv1.Message {
 
 func TestChatEchoesInOrderAndBroadcasts(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	watcher := subscribe(t, ctx, e, "room1", "wendy")
 	c := openChat(t, ctx, e)
 	const n = 200
@@ -224,7 +225,7 @@ func TestChatEchoesInOrderAndBroadcasts(t *testing.T) {
 // messages only once (as the echo).
 func TestChatTwoParticipants(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	a := openChat(t, ctx, e)
 	a.send(&chatv1.Message{User: "a", Content: "a1"}) // room "" = general
 	if m := a.next(); m.GetContent() != "a1" || m.GetRoom() != "general" {
@@ -249,7 +250,7 @@ func TestChatTwoParticipants(t *testing.T) {
 		t.Fatalf("b expected a2: %v", m)
 	}
 	b.s.CloseSend()
-	if _, err := recvAll[chatv1.Message](b.s); err != nil {
+	if _, err := grpctest.RecvAll[chatv1.Message](b.s); err != nil {
 		t.Fatal(err)
 	}
 	if m := a.next(); m.GetType() != typLeave || m.GetUser() != "b" {
@@ -259,7 +260,7 @@ func TestChatTwoParticipants(t *testing.T) {
 
 func TestChatKeepAlive(t *testing.T) {
 	e := newEnv(t, Config{KeepAlive: 20 * time.Millisecond})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	c := openChat(t, ctx, e)
 	// Keep-alives come without any message sent.
 	for i := 1; i <= 3; i++ {
@@ -293,7 +294,7 @@ func TestChatKeepAlive(t *testing.T) {
 
 func TestChatBadInput(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	for _, c := range []struct {
 		m   *chatv1.Message
 		msg string
@@ -304,24 +305,24 @@ func TestChatBadInput(t *testing.T) {
 	} {
 		s := openChat(t, ctx, e)
 		s.send(c.m)
-		_, err := recvAll[chatv1.Message](s.s)
-		wantStatus(t, err, codes.InvalidArgument, c.msg)
+		_, err := grpctest.RecvAll[chatv1.Message](s.s)
+		grpctest.WantStatus(t, err, codes.InvalidArgument, c.msg)
 	}
 	// A bad message later in the stream: earlier echoes arrive, then the error.
 	s := openChat(t, ctx, e)
 	s.send(&chatv1.Message{User: "u", Content: "ok"})
 	s.send(&chatv1.Message{User: "u"})
-	got, err := recvAll[chatv1.Message](s.s)
-	wantStatus(t, err, codes.InvalidArgument, "content is required")
+	got, err := grpctest.RecvAll[chatv1.Message](s.s)
+	grpctest.WantStatus(t, err, codes.InvalidArgument, "content is required")
 	if len(got) != 1 || got[0].GetContent() != "ok" {
 		t.Fatalf("before the error: %v", got)
 	}
-	waitFor(t, "rooms empty", func() bool { return e.svc.rooms.count("general") == 0 })
+	grpctest.WaitFor(t, "rooms empty", func() bool { return e.svc.rooms.count("general") == 0 })
 }
 
 func TestUploadMessages(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	watcher := subscribe(t, ctx, e, "up", "w")
 	u, err := e.client.UploadMessages(ctx)
 	if err != nil {
@@ -366,7 +367,7 @@ func TestUploadMessages(t *testing.T) {
 		u, _ := e.client.UploadMessages(ctx)
 		u.Send(c.m)
 		_, err := u.CloseAndRecv()
-		wantStatus(t, err, codes.InvalidArgument, c.msg)
+		grpctest.WantStatus(t, err, codes.InvalidArgument, c.msg)
 	}
 }
 
@@ -374,7 +375,7 @@ func TestUploadMessages(t *testing.T) {
 // sender and the other subscribers carry on.
 func TestSlowSubscriberDoesNotHoldUpRoom(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	// Its own connection with static HTTP/2 windows, so what the transport
 	// can buffer for it is bounded and its queue must fill.
 	stalledConn := e.dial(t, grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
@@ -397,14 +398,14 @@ func TestSlowSubscriberDoesNotHoldUpRoom(t *testing.T) {
 
 func TestCloseEndsChatStreams(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	sub := subscribe(t, ctx, e, "", "a")
 	c := openChat(t, ctx, e)
 	c.send(&chatv1.Message{User: "b", Content: "x"})
 	c.next()
 	e.svc.Close()
-	_, err := recvAll[chatv1.Message](sub.s)
-	wantStatus(t, err, codes.Unavailable, "server is shutting down")
-	_, err = recvAll[chatv1.Message](c.s)
-	wantStatus(t, err, codes.Unavailable, "server is shutting down")
+	_, err := grpctest.RecvAll[chatv1.Message](sub.s)
+	grpctest.WantStatus(t, err, codes.Unavailable, "server is shutting down")
+	_, err = grpctest.RecvAll[chatv1.Message](c.s)
+	grpctest.WantStatus(t, err, codes.Unavailable, "server is shutting down")
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 func TestParseSlowReader(t *testing.T) {
@@ -32,7 +33,7 @@ func TestParseSlowReader(t *testing.T) {
 // they reach the room at that pace (without the fault: all at once).
 func TestFaultSlowReaderPacesUploads(t *testing.T) {
 	e := newEnv(t, Config{Fault: "slow-reader=100"})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	watcher := subscribe(t, ctx, e, "slow", "w")
 	u, err := e.client.UploadMessages(ctx)
 	if err != nil {

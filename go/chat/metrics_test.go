@@ -10,13 +10,14 @@ import (
 	"google.golang.org/grpc/codes"
 
 	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 var metricNames = []string{"process_cpu_percent", "process_resident_memory_bytes", "process_threads", "server_requests_per_second", "server_active_streams"}
 
 func TestStreamMetrics(t *testing.T) {
 	e := newEnv(t, Config{Instance: "test-host", Stats: func() Stats { return Stats{Requests: 42, ActiveStreams: 3} }})
-	ctx, cancel := context.WithCancel(ctxT(t))
+	ctx, cancel := context.WithCancel(grpctest.Context(t))
 	defer cancel()
 	s, err := e.client.StreamMetrics(ctx, &chatv1.MetricsRequest{})
 	if err != nil {
@@ -115,11 +116,11 @@ func TestProcCPUMoves(t *testing.T) {
 
 func TestStreamMetricsBadInputAndInstance(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx, cancel := context.WithCancel(ctxT(t))
+	ctx, cancel := context.WithCancel(grpctest.Context(t))
 	defer cancel()
 	s, _ := e.client.StreamMetrics(ctx, &chatv1.MetricsRequest{IntervalSeconds: -1})
-	_, err := recvAll[chatv1.Metric](s)
-	wantStatus(t, err, codes.InvalidArgument, "interval_seconds must be >= 0, got -1")
+	_, err := grpctest.RecvAll[chatv1.Metric](s)
+	grpctest.WantStatus(t, err, codes.InvalidArgument, "interval_seconds must be >= 0, got -1")
 
 	s, _ = e.client.StreamMetrics(ctx, &chatv1.MetricsRequest{InstanceId: "mine", IntervalSeconds: 5})
 	m, err := s.Recv()
@@ -131,7 +132,7 @@ func TestStreamMetricsBadInputAndInstance(t *testing.T) {
 		t.Fatalf("labels %v, default instance %q", m.GetLabels(), e.svc.instance)
 	}
 	cancel()
-	if _, err := recvAll[chatv1.Metric](s); err == nil {
+	if _, err := grpctest.RecvAll[chatv1.Metric](s); err == nil {
 		t.Fatal("stream did not end on cancel")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 // bigData makes each event 16 KiB, so a consumer that does not read stalls
@@ -202,7 +203,7 @@ func checkDisconnected(t *testing.T, ts *testServer, slow grpc.ServerStreamingCl
 	for {
 		ev, err := slow.Recv()
 		if err != nil {
-			wantStatus(t, err, codes.ResourceExhausted, "subscriber queue full (4 events); resume from last_event_id")
+			grpctest.WantStatus(t, err, codes.ResourceExhausted, "subscriber queue full (4 events); resume from last_event_id")
 			break
 		}
 		if ev.Sequence != want || ev.Type == typeDropped {

@@ -2,20 +2,15 @@ package events
 
 import (
 	"context"
-	"errors"
-	"io"
-	"net"
 	"strconv"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -41,20 +36,12 @@ func startServer(t testing.TB, cfg Config) *testServer {
 
 func serveService(t testing.TB, svc *Service) *testServer {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	svc.Register(srv)
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(lis) }()
+	srv, addr := grpctest.Serve(t, svc.Register)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	ts := &testServer{t: t, svc: svc, srv: srv, addr: lis.Addr().String(), ctx: ctx}
-	t.Cleanup(func() {
+	ts := &testServer{t: t, svc: svc, srv: srv, addr: addr, ctx: ctx}
+	t.Cleanup(func() { // runs before Serve's cleanup, which waits for the server
 		cancel()
 		ts.stop()
-		<-served
 	})
 	ts.client = ts.dial()
 	return ts
@@ -73,16 +60,10 @@ func (ts *testServer) stop() {
 // sends after a known amount of data.
 func (ts *testServer) dial() eventsv1.EventServiceClient {
 	ts.t.Helper()
-	conn, err := grpc.NewClient(ts.addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	return eventsv1.NewEventServiceClient(grpctest.Dial(ts.t, ts.addr,
 		grpc.WithInitialWindowSize(1<<16),
 		grpc.WithInitialConnWindowSize(1<<16),
-	)
-	if err != nil {
-		ts.t.Fatal(err)
-	}
-	ts.t.Cleanup(func() { conn.Close() })
-	return eventsv1.NewEventServiceClient(conn)
+	))
 }
 
 // subscribe opens a Subscribe stream that ends when the test does (or
@@ -119,13 +100,7 @@ func (ts *testServer) status(clientID string) *eventsv1.ConnectionStatus {
 // waitFor polls cond (cheap, server-side state) until it holds.
 func (ts *testServer) waitFor(what string, cond func() bool) {
 	ts.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			ts.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	grpctest.WaitWithin(ts.t, 15*time.Second, what, cond)
 }
 
 func (ts *testServer) waitStreams(clientID string, n int32) {
@@ -195,18 +170,6 @@ func recvSkippingHeartbeats(t *testing.T, stream eventReceiver) *eventsv1.Event 
 		if ev.Type != typeHeartbeat {
 			return ev
 		}
-	}
-}
-
-// wantStatus checks an error's code and exact message.
-func wantStatus(t *testing.T, err error, code codes.Code, msg string) {
-	t.Helper()
-	if err == nil || errors.Is(err, io.EOF) {
-		t.Fatalf("got %v, want %v %q", err, code, msg)
-	}
-	st, _ := status.FromError(err)
-	if st.Code() != code || st.Message() != msg {
-		t.Fatalf("got %v %q, want %v %q", st.Code(), st.Message(), code, msg)
 	}
 }
 

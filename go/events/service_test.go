@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
@@ -206,7 +207,7 @@ func TestBadInput(t *testing.T) {
 	}{"status without client_id", err, codes.InvalidArgument, "client_id is required"})
 
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) { wantStatus(t, tc.err, tc.code, tc.msg) })
+		t.Run(tc.name, func(t *testing.T) { grpctest.WantStatus(t, tc.err, tc.code, tc.msg) })
 	}
 	if r := ts.publish("x"); r.Sequence != 1 {
 		t.Fatalf("bad input changed the log: sequence %d", r.Sequence)
@@ -289,7 +290,7 @@ func TestBroadcastAfterCloseIsUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := ts.client.Broadcast(ts.ctx, &eventsv1.BroadcastRequest{Event: &eventsv1.Event{Type: "x"}})
-	wantStatus(t, err, codes.Unavailable, "event log is closed")
+	grpctest.WantStatus(t, err, codes.Unavailable, "event log is closed")
 }
 
 func TestSubscribeMultipleWithoutRequestEndsOK(t *testing.T) {

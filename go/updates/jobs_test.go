@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	updatesv1 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 const (
@@ -21,7 +22,7 @@ const (
 
 func startJob(t *testing.T, e *env, req *updatesv1.StartJobRequest) string {
 	t.Helper()
-	r, err := e.client.StartJob(ctxT(t), req)
+	r, err := e.client.StartJob(grpctest.Context(t), req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +68,7 @@ func TestJobCompletes(t *testing.T) {
 	if id != "job-1" {
 		t.Fatalf("first job id %q, want job-1", id)
 	}
-	got, err := recvAll[updatesv1.JobProgress](watch(t, ctxT(t), e, id))
+	got, err := grpctest.RecvAll[updatesv1.JobProgress](watch(t, grpctest.Context(t), e, id))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +79,7 @@ func TestJobCompletes(t *testing.T) {
 		}
 	}
 	// Watching a finished job: its final state, then the end.
-	again, err := recvAll[updatesv1.JobProgress](watch(t, ctxT(t), e, id))
+	again, err := grpctest.RecvAll[updatesv1.JobProgress](watch(t, grpctest.Context(t), e, id))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +88,7 @@ func TestJobCompletes(t *testing.T) {
 	}
 	checkProgress(t, id, again, completed, 100, "step 4/4")
 	// Cancelling a finished job reports its status, no error.
-	r, err := e.client.CancelJob(ctxT(t), &updatesv1.CancelJobRequest{JobId: id})
+	r, err := e.client.CancelJob(grpctest.Context(t), &updatesv1.CancelJobRequest{JobId: id})
 	if err != nil || r.GetStatus() != completed || r.GetJobId() != id {
 		t.Fatalf("CancelJob of a completed job: %v %v", r, err)
 	}
@@ -99,7 +100,7 @@ func TestJobCompletes(t *testing.T) {
 func TestJobFails(t *testing.T) {
 	e := newEnv(t, Config{})
 	id := startJob(t, e, &updatesv1.StartJobRequest{Steps: 3, StepDurationMs: 10, FailAtStep: 2})
-	got, err := recvAll[updatesv1.JobProgress](watch(t, ctxT(t), e, id))
+	got, err := grpctest.RecvAll[updatesv1.JobProgress](watch(t, grpctest.Context(t), e, id))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +113,7 @@ func TestJobSeveralWatchers(t *testing.T) {
 	// Steps long enough that every change reaches every watcher: a watcher
 	// that falls behind skips to the newest state by design.
 	id := startJob(t, e, &updatesv1.StartJobRequest{Steps: 4, StepDurationMs: 300})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	leaving, leave := context.WithCancel(ctx)
 	quitter := watch(t, leaving, e, id)
 	if _, err := quitter.Recv(); err != nil {
@@ -126,11 +127,11 @@ func TestJobSeveralWatchers(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			views[i], errs[i] = recvAll[updatesv1.JobProgress](s)
+			views[i], errs[i] = grpctest.RecvAll[updatesv1.JobProgress](s)
 		}()
 	}
 	leave()
-	if _, err := recvAll[updatesv1.JobProgress](quitter); statusOf(err).Code() != codes.Canceled {
+	if _, err := grpctest.RecvAll[updatesv1.JobProgress](quitter); statusOf(err).Code() != codes.Canceled {
 		t.Fatalf("quitter ended with %v", err)
 	}
 	wg.Wait()
@@ -172,7 +173,7 @@ func states(ps []*updatesv1.JobProgress) []string {
 func TestJobCancel(t *testing.T) {
 	e := newEnv(t, Config{})
 	id := startJob(t, e, &updatesv1.StartJobRequest{Steps: 1000, StepDurationMs: 60000})
-	s := watch(t, ctxT(t), e, id)
+	s := watch(t, grpctest.Context(t), e, id)
 	// Wait for RUNNING (PENDING may come first) so the final step is known.
 	var seen []*updatesv1.JobProgress
 	for len(seen) == 0 || seen[len(seen)-1].GetStatus() != running {
@@ -182,16 +183,16 @@ func TestJobCancel(t *testing.T) {
 		}
 		seen = append(seen, p)
 	}
-	r, err := e.client.CancelJob(ctxT(t), &updatesv1.CancelJobRequest{JobId: id})
+	r, err := e.client.CancelJob(grpctest.Context(t), &updatesv1.CancelJobRequest{JobId: id})
 	if err != nil || r.GetStatus() != cancelled {
 		t.Fatalf("CancelJob: %v %v", r, err)
 	}
-	rest, err := recvAll[updatesv1.JobProgress](s)
+	rest, err := grpctest.RecvAll[updatesv1.JobProgress](s)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkProgress(t, id, append(seen, rest...), cancelled, 0, "step 0/1000")
-	r, err = e.client.CancelJob(ctxT(t), &updatesv1.CancelJobRequest{JobId: id})
+	r, err = e.client.CancelJob(grpctest.Context(t), &updatesv1.CancelJobRequest{JobId: id})
 	if err != nil || r.GetStatus() != cancelled {
 		t.Fatalf("second CancelJob: %v %v", r, err)
 	}
@@ -199,7 +200,7 @@ func TestJobCancel(t *testing.T) {
 
 func TestJobBadInput(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	for _, c := range []struct {
 		req *updatesv1.StartJobRequest
 		msg string
@@ -210,16 +211,16 @@ func TestJobBadInput(t *testing.T) {
 		{&updatesv1.StartJobRequest{StepDurationMs: 60001}, "step_duration_ms must be between 0 and 60000, got 60001"},
 	} {
 		_, err := e.client.StartJob(ctx, c.req)
-		wantStatus(t, err, codes.InvalidArgument, c.msg)
+		grpctest.WantStatus(t, err, codes.InvalidArgument, c.msg)
 	}
 	_, err := e.client.CancelJob(ctx, &updatesv1.CancelJobRequest{})
-	wantStatus(t, err, codes.InvalidArgument, "job_id is required")
+	grpctest.WantStatus(t, err, codes.InvalidArgument, "job_id is required")
 	_, err = e.client.CancelJob(ctx, &updatesv1.CancelJobRequest{JobId: "abc"})
-	wantStatus(t, err, codes.NotFound, `job "abc" not found`)
-	_, err = recvAll[updatesv1.JobProgress](watch(t, ctx, e, ""))
-	wantStatus(t, err, codes.InvalidArgument, "job_id is required")
-	_, err = recvAll[updatesv1.JobProgress](watch(t, ctx, e, "abc"))
-	wantStatus(t, err, codes.NotFound, `job "abc" not found`)
+	grpctest.WantStatus(t, err, codes.NotFound, `job "abc" not found`)
+	_, err = grpctest.RecvAll[updatesv1.JobProgress](watch(t, ctx, e, ""))
+	grpctest.WantStatus(t, err, codes.InvalidArgument, "job_id is required")
+	_, err = grpctest.RecvAll[updatesv1.JobProgress](watch(t, ctx, e, "abc"))
+	grpctest.WantStatus(t, err, codes.NotFound, `job "abc" not found`)
 }
 
 // Defaults: steps 0 = 10, step_duration_ms 0 = 200.
@@ -247,12 +248,12 @@ func TestJobRetention(t *testing.T) {
 	for _, j := range jobs {
 		m.cancel(j)
 	}
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	for _, id := range []string{"job-1", "job-2"} {
-		_, err := recvAll[updatesv1.JobProgress](watch(t, ctx, e, id))
-		wantStatus(t, err, codes.NotFound, fmt.Sprintf("job %q not found", id))
+		_, err := grpctest.RecvAll[updatesv1.JobProgress](watch(t, ctx, e, id))
+		grpctest.WantStatus(t, err, codes.NotFound, fmt.Sprintf("job %q not found", id))
 	}
-	got, err := recvAll[updatesv1.JobProgress](watch(t, ctx, e, "job-3"))
+	got, err := grpctest.RecvAll[updatesv1.JobProgress](watch(t, ctx, e, "job-3"))
 	if err != nil || len(got) != 1 || got[0].GetStatus() != cancelled {
 		t.Fatalf("job-3: %v %v", got, err)
 	}
@@ -262,12 +263,12 @@ func TestJobRetention(t *testing.T) {
 func TestJobCloseCancels(t *testing.T) {
 	e := newEnv(t, Config{})
 	id := startJob(t, e, &updatesv1.StartJobRequest{Steps: 10, StepDurationMs: 60000})
-	s := watch(t, ctxT(t), e, id)
+	s := watch(t, grpctest.Context(t), e, id)
 	if _, err := s.Recv(); err != nil {
 		t.Fatal(err)
 	}
 	e.svc.Close()
-	got, err := recvAll[updatesv1.JobProgress](s)
+	got, err := grpctest.RecvAll[updatesv1.JobProgress](s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,10 +291,10 @@ func TestJobRunningLimit(t *testing.T) {
 			first = j
 		}
 	}
-	_, err := e.client.StartJob(ctxT(t), &updatesv1.StartJobRequest{})
-	wantStatus(t, err, codes.ResourceExhausted, "too many running jobs (10000)")
+	_, err := e.client.StartJob(grpctest.Context(t), &updatesv1.StartJobRequest{})
+	grpctest.WantStatus(t, err, codes.ResourceExhausted, "too many running jobs (10000)")
 	m.cancel(first)
-	if _, err := e.client.StartJob(ctxT(t), &updatesv1.StartJobRequest{}); err != nil {
+	if _, err := e.client.StartJob(grpctest.Context(t), &updatesv1.StartJobRequest{}); err != nil {
 		t.Fatal(err)
 	}
 }

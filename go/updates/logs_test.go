@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	updatesv1 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 func tail(t *testing.T, ctx context.Context, e *env, req *updatesv1.LogRequest) updatesv1.StreamService_TailLogsClient {
@@ -22,10 +23,10 @@ func tail(t *testing.T, ctx context.Context, e *env, req *updatesv1.LogRequest) 
 
 func TestTailLogsBadInput(t *testing.T) {
 	e := newEnv(t, Config{})
-	_, err := recvAll[updatesv1.LogEntry](tail(t, ctxT(t), e, &updatesv1.LogRequest{LogLevel: "verbose"}))
-	wantStatus(t, err, codes.InvalidArgument, `log_level must be one of debug, info, warn, error; got "verbose"`)
-	_, err = recvAll[updatesv1.LogEntry](tail(t, ctxT(t), e, &updatesv1.LogRequest{Lines: -1}))
-	wantStatus(t, err, codes.InvalidArgument, "lines must be >= 0, got -1")
+	_, err := grpctest.RecvAll[updatesv1.LogEntry](tail(t, grpctest.Context(t), e, &updatesv1.LogRequest{LogLevel: "verbose"}))
+	grpctest.WantStatus(t, err, codes.InvalidArgument, `log_level must be one of debug, info, warn, error; got "verbose"`)
+	_, err = grpctest.RecvAll[updatesv1.LogEntry](tail(t, grpctest.Context(t), e, &updatesv1.LogRequest{Lines: -1}))
+	grpctest.WantStatus(t, err, codes.InvalidArgument, "lines must be >= 0, got -1")
 }
 
 func TestTailLogsHistoryFilters(t *testing.T) {
@@ -37,8 +38,8 @@ func TestTailLogsHistoryFilters(t *testing.T) {
 	e.root.With("service", "server").Error("e1")
 	chat.WithGroup("g").With("a", 1).Error("e2", "b", true)
 
-	ctx := ctxT(t)
-	got, err := recvAll[updatesv1.LogEntry](tail(t, ctx, e, &updatesv1.LogRequest{ServiceName: "chat", Lines: 10}))
+	ctx := grpctest.Context(t)
+	got, err := grpctest.RecvAll[updatesv1.LogEntry](tail(t, ctx, e, &updatesv1.LogRequest{ServiceName: "chat", Lines: 10}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +61,7 @@ func TestTailLogsHistoryFilters(t *testing.T) {
 	}
 
 	// Minimum level across services, the last N only, oldest first.
-	got, err = recvAll[updatesv1.LogEntry](tail(t, ctx, e, &updatesv1.LogRequest{LogLevel: "warn", Lines: 2}))
+	got, err = grpctest.RecvAll[updatesv1.LogEntry](tail(t, ctx, e, &updatesv1.LogRequest{LogLevel: "warn", Lines: 2}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func TestTailLogsHistoryFilters(t *testing.T) {
 		t.Fatalf("warn, 2 lines: %v", got)
 	}
 	// lines 0 without follow: nothing, and the stream ends.
-	got, err = recvAll[updatesv1.LogEntry](tail(t, ctx, e, &updatesv1.LogRequest{}))
+	got, err = grpctest.RecvAll[updatesv1.LogEntry](tail(t, ctx, e, &updatesv1.LogRequest{}))
 	if err != nil || len(got) != 0 {
 		t.Fatalf("lines 0: %v %v", got, err)
 	}
@@ -78,7 +79,7 @@ func TestTailLogsHistoryFilters(t *testing.T) {
 // "updates" and their attributes as fields.
 func TestTailLogsServiceRecords(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	s := tail(t, ctx, e, &updatesv1.LogRequest{ServiceName: "updates", LogLevel: "info", Follow: true})
 	if _, err := s.Header(); err != nil {
 		t.Fatal(err)
@@ -99,7 +100,7 @@ func TestTailLogsFollow(t *testing.T) {
 	e := newEnv(t, Config{})
 	chat := e.root.With("service", "chat")
 	chat.Info("before")
-	ctx, cancel := context.WithCancel(ctxT(t))
+	ctx, cancel := context.WithCancel(grpctest.Context(t))
 	s := tail(t, ctx, e, &updatesv1.LogRequest{ServiceName: "chat", Lines: 1, Follow: true, LogLevel: "info"})
 	first, err := s.Recv()
 	if err != nil || first.GetMessage() != "before" {
@@ -113,7 +114,7 @@ func TestTailLogsFollow(t *testing.T) {
 		t.Fatalf("followed: %v %v", next, err)
 	}
 	cancel()
-	if _, err := recvAll[updatesv1.LogEntry](s); statusOf(err).Code() != codes.Canceled {
+	if _, err := grpctest.RecvAll[updatesv1.LogEntry](s); statusOf(err).Code() != codes.Canceled {
 		t.Fatalf("after cancel: %v", err)
 	}
 }
@@ -121,7 +122,7 @@ func TestTailLogsFollow(t *testing.T) {
 // With no history asked for, the headers say the follower is in place.
 func TestTailLogsFollowWithoutHistory(t *testing.T) {
 	e := newEnv(t, Config{})
-	s := tail(t, ctxT(t), e, &updatesv1.LogRequest{Follow: true, ServiceName: "x"})
+	s := tail(t, grpctest.Context(t), e, &updatesv1.LogRequest{Follow: true, ServiceName: "x"})
 	if _, err := s.Header(); err != nil {
 		t.Fatal(err)
 	}

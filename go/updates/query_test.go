@@ -13,15 +13,16 @@ import (
 	"google.golang.org/grpc/codes"
 
 	updatesv1 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 func query(t *testing.T, e *env, sql string, batch int32) ([]*updatesv1.QueryResult, error) {
 	t.Helper()
-	s, err := e.client.StreamQueryResults(ctxT(t), &updatesv1.QueryRequest{Query: sql, BatchSize: batch})
+	s, err := e.client.StreamQueryResults(grpctest.Context(t), &updatesv1.QueryRequest{Query: sql, BatchSize: batch})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return recvAll[updatesv1.QueryResult](s)
+	return grpctest.RecvAll[updatesv1.QueryResult](s)
 }
 
 func TestQueryWholeTable(t *testing.T) {
@@ -136,12 +137,12 @@ func TestQueryBadInput(t *testing.T) {
 		{"INSERT INTO large_table SELECT * FROM large_table", 0, "only a single SELECT statement is allowed"},
 	} {
 		_, err := query(t, e, c.sql, c.batch)
-		wantStatus(t, err, codes.InvalidArgument, c.msg)
+		grpctest.WantStatus(t, err, codes.InvalidArgument, c.msg)
 	}
 	_, err := query(t, e, "SELECT nope FROM large_table", 0)
-	wantStatus(t, err, codes.InvalidArgument, "query failed: no such column: nope")
+	grpctest.WantStatus(t, err, codes.InvalidArgument, "query failed: no such column: nope")
 	_, err = query(t, e, "SELECT * FROM missing", 0)
-	wantStatus(t, err, codes.InvalidArgument, "query failed: no such table: missing")
+	grpctest.WantStatus(t, err, codes.InvalidArgument, "query failed: no such table: missing")
 	// WITH passes the keyword check; the statement still cannot write.
 	_, err = query(t, e, "WITH t AS (SELECT 1) DELETE FROM large_table", 0)
 	if st := statusOf(err); st.Code() != codes.InvalidArgument || !strings.HasPrefix(st.Message(), "query failed: ") {
@@ -184,26 +185,26 @@ func TestQueryConnectionIsReadOnly(t *testing.T) {
 // Cancelling the RPC interrupts SQLite: a query that would never end stops.
 func TestQueryCancelStopsQuery(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx, cancel := context.WithCancel(ctxT(t))
+	ctx, cancel := context.WithCancel(grpctest.Context(t))
 	s, err := e.client.StreamQueryResults(ctx, &updatesv1.QueryRequest{
 		Query: "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c WHERE x < 0",
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "query running", func() bool { return e.svc.query.active.Load() == 1 })
+	grpctest.WaitFor(t, "query running", func() bool { return e.svc.query.active.Load() == 1 })
 	cancel()
 	_, err = s.Recv()
 	if statusOf(err).Code() != codes.Canceled {
 		t.Fatalf("Recv after cancel: %v", err)
 	}
-	waitFor(t, "query stopped", func() bool { return e.svc.query.active.Load() == 0 })
+	grpctest.WaitFor(t, "query stopped", func() bool { return e.svc.query.active.Load() == 0 })
 }
 
 // Cancelling between batches stops the cursor too.
 func TestQueryCancelMidStream(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx, cancel := context.WithCancel(ctxT(t))
+	ctx, cancel := context.WithCancel(grpctest.Context(t))
 	defer cancel()
 	s, err := e.client.StreamQueryResults(ctx, &updatesv1.QueryRequest{Query: "SELECT * FROM large_table", BatchSize: 1})
 	if err != nil {
@@ -219,7 +220,7 @@ func TestQueryCancelMidStream(t *testing.T) {
 		}
 	}
 	cancel()
-	waitFor(t, "query stopped", func() bool { return e.svc.query.active.Load() == 0 })
+	grpctest.WaitFor(t, "query stopped", func() bool { return e.svc.query.active.Load() == 0 })
 }
 
 func TestQueryDataDir(t *testing.T) {
@@ -283,9 +284,9 @@ func TestQuerySingleSelect(t *testing.T) {
 func TestQueryMemoryBounds(t *testing.T) {
 	e := newEnv(t, Config{})
 	_, err := query(t, e, "SELECT zeroblob(2000000) AS big", 0)
-	wantStatus(t, err, codes.InvalidArgument, "query failed: string or blob too big")
+	grpctest.WantStatus(t, err, codes.InvalidArgument, "query failed: string or blob too big")
 	_, err = query(t, e, "SELECT hex(zeroblob(450000)) AS v FROM large_table LIMIT 20", 20)
-	wantStatus(t, err, codes.ResourceExhausted, "query batch larger than 8388608 bytes; use a smaller batch_size")
+	grpctest.WantStatus(t, err, codes.ResourceExhausted, "query batch larger than 8388608 bytes; use a smaller batch_size")
 	// The same rows in small batches are fine.
 	res, err := query(t, e, "SELECT hex(zeroblob(450000)) AS v FROM large_table LIMIT 6", 2)
 	if err != nil || len(res) != 3 || len(res[0].GetRows()[0].GetColumns()["v"]) != 900000 {

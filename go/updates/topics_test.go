@@ -9,20 +9,21 @@ import (
 	"google.golang.org/grpc/codes"
 
 	updatesv1 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 func TestSubscribeRequiresTopics(t *testing.T) {
 	e := newEnv(t, Config{})
 	for _, topics := range [][]string{nil, {""}} {
-		s, err := e.client.SubscribeToUpdates(ctxT(t), &updatesv1.SubscribeRequest{Topics: topics, ClientId: "c"})
+		s, err := e.client.SubscribeToUpdates(grpctest.Context(t), &updatesv1.SubscribeRequest{Topics: topics, ClientId: "c"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		_, err = s.Recv()
-		wantStatus(t, err, codes.InvalidArgument, "at least one topic is required")
+		grpctest.WantStatus(t, err, codes.InvalidArgument, "at least one topic is required")
 	}
-	_, err := e.client.PublishUpdate(ctxT(t), &updatesv1.PublishUpdateRequest{Message: "m"})
-	wantStatus(t, err, codes.InvalidArgument, "topic is required")
+	_, err := e.client.PublishUpdate(grpctest.Context(t), &updatesv1.PublishUpdateRequest{Message: "m"})
+	grpctest.WantStatus(t, err, codes.InvalidArgument, "topic is required")
 }
 
 // subscribe opens a subscription and returns once the server has registered it.
@@ -40,7 +41,7 @@ func subscribe(t *testing.T, ctx context.Context, c updatesv1.StreamServiceClien
 
 func TestTopicRoutingAndSequence(t *testing.T) {
 	e := newEnv(t, Config{})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	ab := subscribe(t, ctx, e.client, "a", "b", "a")
 	b := subscribe(t, ctx, e.client, "b")
 
@@ -78,7 +79,7 @@ func TestTopicRoutingAndSequence(t *testing.T) {
 // publisher and a reading subscriber carry on; its own sequence stays gap-free.
 func TestSlowSubscriberDoesNotHoldUpOthers(t *testing.T) {
 	e := newEnv(t, Config{QueueSize: 8})
-	ctx := ctxT(t)
+	ctx := grpctest.Context(t)
 	// Static HTTP/2 windows, so the stalled stream's buffers are bounded.
 	slowClient := e.dial(t, grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
 	slow := subscribe(t, ctx, slowClient, "t")
@@ -114,7 +115,7 @@ func TestSlowSubscriberDoesNotHoldUpOthers(t *testing.T) {
 	// Stop the fast one, then read what the slow one kept: numbered 1..k
 	// without gaps, fewer than were published.
 	cancelFast()
-	waitFor(t, "fast subscriber gone", func() bool { return e.svc.topics.count("t") == 1 })
+	grpctest.WaitFor(t, "fast subscriber gone", func() bool { return e.svc.topics.count("t") == 1 })
 	got := make(chan []uint64, 1)
 	go func() {
 		var seqs []uint64
@@ -155,8 +156,8 @@ func TestSlowSubscriberDoesNotHoldUpOthers(t *testing.T) {
 // Close ends streams that are still open with UNAVAILABLE.
 func TestCloseEndsStreams(t *testing.T) {
 	e := newEnv(t, Config{})
-	s := subscribe(t, ctxT(t), e.client, "t")
-	f, err := e.client.TailLogs(ctxT(t), &updatesv1.LogRequest{Follow: true})
+	s := subscribe(t, grpctest.Context(t), e.client, "t")
+	f, err := e.client.TailLogs(grpctest.Context(t), &updatesv1.LogRequest{Follow: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,11 +168,11 @@ func TestCloseEndsStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = s.Recv()
-	wantStatus(t, err, codes.Unavailable, "server is shutting down")
+	grpctest.WantStatus(t, err, codes.Unavailable, "server is shutting down")
 	for {
 		if _, err = f.Recv(); err != nil {
 			break // the follower may first see the records Close itself logged
 		}
 	}
-	wantStatus(t, err, codes.Unavailable, "server is shutting down")
+	grpctest.WantStatus(t, err, codes.Unavailable, "server is shutting down")
 }
