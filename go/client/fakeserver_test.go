@@ -1,13 +1,13 @@
 package client
 
 import (
-	"net"
 	"sync"
 	"testing"
 
 	"google.golang.org/grpc"
 
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 // scriptedEvents is an EventService whose n-th Subscribe call (0-based)
@@ -38,22 +38,13 @@ func (f *scriptedEvents) calls() []*eventsv1.SubscribeRequest {
 // startScripted serves script on 127.0.0.1 and returns a connection to it.
 func startScripted(t *testing.T, script func(int, *eventsv1.SubscribeRequest, eventsv1.EventService_SubscribeServer) error) (*scriptedEvents, *grpc.ClientConn) {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	fake := &scriptedEvents{script: script}
-	srv := grpc.NewServer()
-	eventsv1.RegisterEventServiceServer(srv, fake)
-	go srv.Serve(lis)
-	conn, err := Dial(lis.Addr().String())
+	_, addr := grpctest.Serve(t, func(r grpc.ServiceRegistrar) { eventsv1.RegisterEventServiceServer(r, fake) })
+	conn, err := Dial(addr) // the package's own Dial, as users call it
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		conn.Close()
-		srv.Stop()
-	})
+	t.Cleanup(func() { conn.Close() })
 	return fake, conn
 }
 

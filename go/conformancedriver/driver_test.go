@@ -4,10 +4,8 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,13 +17,13 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/polystream/polystream/go/gen/polystream/conformance/v1"
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
 	updatesv1 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 // The driver runs in-process; the servers are the real ones, started as
@@ -141,19 +139,9 @@ func startServer(t *testing.T, s serverCmd) string {
 
 // startDriver serves the driver in-process and returns a client of it.
 func startDriver(t testing.TB) pb.ClientDriverClient {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	pb.RegisterClientDriverServer(srv, New())
-	go func() { _ = srv.Serve(lis) }()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(); srv.Stop() })
-	return pb.NewClientDriverClient(conn)
+	t.Helper()
+	_, addr := grpctest.Serve(t, func(r grpc.ServiceRegistrar) { pb.RegisterClientDriverServer(r, New()) })
+	return pb.NewClientDriverClient(grpctest.Dial(t, addr))
 }
 
 // runAll performs one Run and collects its observations (the last is finished).
@@ -165,16 +153,9 @@ func runAll(t testing.TB, d pb.ClientDriverClient, req *pb.RunRequest) []*pb.Obs
 	if err != nil {
 		t.Fatal(err)
 	}
-	var obs []*pb.Observation
-	for {
-		o, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("Run: %v (observed so far: %v)", err, obs)
-		}
-		obs = append(obs, o)
+	obs, err := grpctest.RecvAll[pb.Observation](stream)
+	if err != nil {
+		t.Fatalf("Run: %v (observed so far: %v)", err, obs)
 	}
 	if len(obs) == 0 || obs[len(obs)-1].GetFinished() == nil {
 		t.Fatalf("Run did not end with finished: %v", obs)

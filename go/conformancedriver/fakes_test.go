@@ -3,7 +3,6 @@ package conformancedriver
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +15,7 @@ import (
 
 	pb "github.com/polystream/polystream/go/gen/polystream/conformance/v1"
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 // fakeEvents is an EventService whose Subscribe plays one script per call.
@@ -39,15 +39,9 @@ func (f *fakeEvents) Subscribe(req *eventsv1.SubscribeRequest, stream eventsv1.E
 }
 
 func startFake(t *testing.T, f *fakeEvents) string {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	eventsv1.RegisterEventServiceServer(srv, f)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	return lis.Addr().String()
+	t.Helper()
+	_, addr := grpctest.Serve(t, func(r grpc.ServiceRegistrar) { eventsv1.RegisterEventServiceServer(r, f) })
+	return addr
 }
 
 func event(seq uint64, id string) *eventsv1.Event {

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net"
@@ -14,6 +13,7 @@ import (
 
 	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 // The listening line prints the host as given: 0.0.0.0 stays 0.0.0.0
@@ -23,22 +23,13 @@ func TestListeningLinePrintsTheHostAsGiven(t *testing.T) {
 	cfg.Host = "0.0.0.0"
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stdoutR, stdoutW := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, cfg, stdoutW)
-		stdoutW.Close()
-	}()
-	line, err := bufio.NewReader(stdoutR).ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
+	line, stdout, done := runListening(t, ctx, cfg)
 	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "polystream listening on ")
 	host, port, err := net.SplitHostPort(addr)
 	if !ok || err != nil || host != "0.0.0.0" || port == "0" {
 		t.Fatalf("listening line %q: want polystream listening on 0.0.0.0:<real port>", line)
 	}
-	health := healthpb.NewHealthClient(dial(t, net.JoinHostPort("127.0.0.1", port)))
+	health := healthpb.NewHealthClient(grpctest.Dial(t, net.JoinHostPort("127.0.0.1", port)))
 	if _, err := health.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +37,7 @@ func TestListeningLinePrintsTheHostAsGiven(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	io.Copy(io.Discard, stdoutR)
+	io.Copy(io.Discard, stdout)
 }
 
 // serverWindows opens a raw HTTP/2 connection and reports the server's
@@ -136,7 +127,7 @@ func TestFaultFlagReachesTheEventsService(t *testing.T) {
 	srv, logs := startServer(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	events := eventsv1.NewEventServiceClient(dial(t, srv.Addr()))
+	events := eventsv1.NewEventServiceClient(grpctest.Dial(t, srv.Addr()))
 	stream, err := events.Subscribe(ctx, &eventsv1.SubscribeRequest{ClientId: "f"})
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +170,7 @@ func TestSlowReaderFaultReachesTheChatService(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	began := time.Now()
-	up, err := chatv1.NewChatServiceClient(dial(t, srv.Addr())).UploadMessages(ctx)
+	up, err := chatv1.NewChatServiceClient(grpctest.Dial(t, srv.Addr())).UploadMessages(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

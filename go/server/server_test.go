@@ -15,13 +15,13 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/polystream/polystream/go/chat"
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -63,19 +63,28 @@ func startServer(t *testing.T, cfg Config) (*Server, *syncBuffer) {
 	return srv, logs
 }
 
-func dial(t *testing.T, addr string) *grpc.ClientConn {
+// runListening starts Run(ctx, cfg) with stdout on a pipe and returns the
+// first stdout line, a reader of the rest of stdout (it ends when Run has
+// returned), and Run's result.
+func runListening(t *testing.T, ctx context.Context, cfg Config) (line string, rest io.Reader, done <-chan error) {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	stdoutR, stdoutW := io.Pipe()
+	result := make(chan error, 1)
+	go func() {
+		result <- Run(ctx, cfg, stdoutW)
+		stdoutW.Close()
+	}()
+	r := bufio.NewReader(stdoutR)
+	line, err := r.ReadString('\n')
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
+	return line, r, result
 }
 
 func TestHealthServingForEveryService(t *testing.T) {
 	srv, _ := startServer(t, testConfig(t))
-	health := healthpb.NewHealthClient(dial(t, srv.Addr()))
+	health := healthpb.NewHealthClient(grpctest.Dial(t, srv.Addr()))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, name := range append([]string{""}, serviceNames...) {
@@ -97,7 +106,7 @@ func TestReflectionListsEveryService(t *testing.T) {
 	srv, _ := startServer(t, testConfig(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	stream, err := reflectionpb.NewServerReflectionClient(dial(t, srv.Addr())).ServerReflectionInfo(ctx)
+	stream, err := reflectionpb.NewServerReflectionClient(grpctest.Dial(t, srv.Addr())).ServerReflectionInfo(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +139,7 @@ func TestShutdownEndsStreamsWithUnavailable(t *testing.T) {
 	srv, logs := startServer(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	watch, err := healthpb.NewHealthClient(dial(t, srv.Addr())).Watch(ctx, &healthpb.HealthCheckRequest{Service: serviceNames[0]})
+	watch, err := healthpb.NewHealthClient(grpctest.Dial(t, srv.Addr())).Watch(ctx, &healthpb.HealthCheckRequest{Service: serviceNames[0]})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +181,7 @@ func TestShutdownEndsStreamsWithUnavailable(t *testing.T) {
 
 func TestRPCsAreLoggedWithMethodAndCode(t *testing.T) {
 	srv, logs := startServer(t, testConfig(t))
-	health := healthpb.NewHealthClient(dial(t, srv.Addr()))
+	health := healthpb.NewHealthClient(grpctest.Dial(t, srv.Addr()))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	health.Check(ctx, &healthpb.HealthCheckRequest{})
@@ -192,16 +201,7 @@ func TestRunPrintsListeningLineAndStopsOnCancel(t *testing.T) {
 	cfg := testConfig(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stdoutR, stdoutW := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, cfg, stdoutW)
-		stdoutW.Close()
-	}()
-	line, err := bufio.NewReader(stdoutR).ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
+	line, stdout, done := runListening(t, ctx, cfg)
 	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "polystream listening on ")
 	if !ok {
 		t.Fatalf("stdout line %q lacks the listening prefix", line)
@@ -210,7 +210,7 @@ func TestRunPrintsListeningLineAndStopsOnCancel(t *testing.T) {
 	if err != nil || host != "127.0.0.1" || port == "0" {
 		t.Fatalf("listening on %q: want 127.0.0.1 and a real port (%v)", addr, err)
 	}
-	health := healthpb.NewHealthClient(dial(t, addr))
+	health := healthpb.NewHealthClient(grpctest.Dial(t, addr))
 	if _, err := health.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestRunPrintsListeningLineAndStopsOnCancel(t *testing.T) {
 	case <-time.After(cfg.ShutdownGrace + time.Second):
 		t.Fatal("Run did not return within grace+1s")
 	}
-	rest, _ := io.ReadAll(stdoutR)
+	rest, _ := io.ReadAll(stdout)
 	if len(rest) != 0 {
 		t.Errorf("stdout has more than the listening line: %q", rest)
 	}
@@ -245,7 +245,7 @@ func TestMessagesOverMaxSizeAreRefused(t *testing.T) {
 	srv, _ := startServer(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	events := eventsv1.NewEventServiceClient(dial(t, srv.Addr()))
+	events := eventsv1.NewEventServiceClient(grpctest.Dial(t, srv.Addr()))
 	_, err := events.Broadcast(ctx, &eventsv1.BroadcastRequest{Event: &eventsv1.Event{Type: "big", Data: strings.Repeat("x", 2048)}})
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("a 2 KiB message with --max-message-size 1024: %v, want RESOURCE_EXHAUSTED", err)
@@ -275,7 +275,7 @@ func TestMaxConcurrentStreamsQueuesExtraCalls(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.MaxConcurrentStreams = 1
 	srv, _ := startServer(t, cfg)
-	health := healthpb.NewHealthClient(dial(t, srv.Addr()))
+	health := healthpb.NewHealthClient(grpctest.Dial(t, srv.Addr()))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	watchCtx, endWatch := context.WithCancel(ctx)
