@@ -15,12 +15,11 @@ import json
 import os
 import signal
 import subprocess
-import uuid
 from typing import Any, Callable
 
 import pytest
 
-from test_cli import (
+from support import (
     PYTHON_CLI,
     Cli,
     ServerProcess,
@@ -28,6 +27,7 @@ from test_cli import (
     python_env,
     read_first_line,
     run,
+    unique,
     wait_until,
 )
 
@@ -107,10 +107,6 @@ def same_everywhere(results: dict[str, Any]) -> Any:
 def across(pairs: Pairs, scenario: Callable[[str, Cli], Any]) -> Any:
     """Runs a scenario through every pair; the results must agree."""
     return same_everywhere({name: scenario(name, cli) for name, cli in pairs.require().items()})
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def error_of(cli: Cli, command: str, *args: str) -> tuple[int, str]:
