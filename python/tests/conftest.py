@@ -8,6 +8,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # python/, for `import polystream`
 
 import asyncio  # noqa: E402
+import logging  # noqa: E402
 from typing import Awaitable, Callable  # noqa: E402
 
 import grpc  # noqa: E402
@@ -63,3 +64,58 @@ async def eventually(condition: Callable[[], Awaitable[bool] | bool], timeout: f
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def expect_error(call, code: grpc.StatusCode, details: str) -> None:
+    """Awaits a unary call (or any awaitable), or reads a stream to its end,
+    and asserts it fails with exactly `code` and `details`."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if hasattr(call, "__aiter__"):
+            async for _ in call:
+                pass
+        else:
+            await call
+    assert (caught.value.code(), caught.value.details()) == (code, details)
+
+
+async def take(call, count: int, timeout: float = 15.0) -> list:
+    """The next `count` messages of a stream (fewer if it ends first); the
+    timeout is a hang guard, never a speed assertion."""
+
+    async def collect() -> list:
+        got = []
+        async for message in call:
+            got.append(message)
+            if len(got) == count:
+                break
+        return got
+
+    return await asyncio.wait_for(collect(), timeout)
+
+
+class Records(logging.Handler):
+    """Collects the log records a handler receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def rpcs(self) -> list[tuple[str, str]]:
+        """(method, code) of every `rpc` record."""
+        return [(r.method, r.code) for r in self.records if r.getMessage() == "rpc"]
+
+    def codes(self, method: str) -> list[str]:
+        """The codes of the `rpc` records of one method."""
+        return [r.code for r in self.records if r.getMessage() == "rpc" and r.method == method]
+
+
+@pytest.fixture
+def records() -> Records:
+    """The records of the "polystream.server" logger during the test."""
+    handler = Records()
+    logging.getLogger("polystream.server").addHandler(handler)
+    yield handler
+    logging.getLogger("polystream.server").removeHandler(handler)

@@ -15,6 +15,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import grpc
 import pytest
 
+from conftest import eventually, expect_error, take
 from polystream.chat.v1 import chat_pb2 as pb
 from polystream.chat.v1 import chat_pb2_grpc
 from polystream.server import RunningServer
@@ -47,39 +48,6 @@ async def start_chat(start_server, open_channel) -> Callable[..., Awaitable[Runn
 @pytest.fixture
 async def running(start_chat) -> Running:
     return await start_chat()
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    async def wait() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    try:
-        await asyncio.wait_for(wait(), WAIT)
-    except asyncio.TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
-
-
-async def take(call, count: int) -> list:
-    async def collect() -> list:
-        got = []
-        async for message in call:
-            got.append(message)
-            if len(got) == count:
-                break
-        return got
-
-    return await asyncio.wait_for(collect(), WAIT)
-
-
-async def expect_error(call, code: grpc.StatusCode, message: str) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        if hasattr(call, "__aiter__"):
-            async for _ in call:
-                pass
-        else:
-            await call
-    assert (info.value.code(), info.value.details()) == (code, message)
 
 
 def is_uuid4(text: str) -> bool:
@@ -165,9 +133,9 @@ async def test_join_and_leave_are_seen_by_others_never_by_oneself(running: Runni
     bob.cancel()
     (left,) = await take(alice, 1)
     assert (left.type, left.user, left.room, left.sequence) == (LEAVE, "bob", "r", 4)
-    await eventually(lambda: running.service.members("r") == 1, "bob to leave the room")
+    await eventually(lambda: running.service.members("r") == 1, WAIT, "bob to leave the room")
     alice.cancel()
-    await eventually(lambda: running.service.members("r") == 0, "the room to empty")
+    await eventually(lambda: running.service.members("r") == 0, WAIT, "the room to empty")
 
 
 async def test_a_stalled_subscriber_does_not_hold_up_the_room(start_server, open_channel) -> None:
@@ -310,7 +278,7 @@ async def test_two_chat_streams_see_each_other_not_themselves(running: Running) 
     assert (left.type, left.user) == (LEAVE, "ben")
     await queues["ann"].put(None)
     assert [m async for m in ann] == []
-    await eventually(lambda: running.service.members("duo") == 0, "the room to empty")
+    await eventually(lambda: running.service.members("duo") == 0, WAIT, "the room to empty")
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.protobuf import any_pb2
 
-from conftest import eventually
+from conftest import eventually, expect_error
 from polystream.events.v1 import events_pb2 as pb
 from polystream.events.v1 import events_pb2_grpc as pb_grpc
 from polystream.services.events_filter import PatternError, TypeFilter
@@ -53,12 +53,6 @@ async def read_until_sequence(call, last: int, timeout=10.0) -> list[pb.Event]:
 
 async def status(stub, client_id="c") -> pb.ConnectionStatus:
     return await stub.GetConnectionStatus(pb.SubscribeRequest(client_id=client_id))
-
-
-async def expect_error(awaitable, code: grpc.StatusCode, details: str) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await awaitable
-    assert (caught.value.code(), caught.value.details()) == (code, details)
 
 
 async def drain_to_error(call) -> tuple[list[pb.Event], grpc.aio.AioRpcError]:
@@ -373,6 +367,20 @@ def collect(call) -> tuple[list[pb.Event], asyncio.Task]:
     return received, asyncio.create_task(read())
 
 
+async def publish_until_it_waits(stub, recipients: int | None = None) -> asyncio.Task:
+    """Publishes BIG events until one has to wait for room (behind a stalled
+    subscriber, backpressure=block) and returns that pending publish; the
+    ones that went through must each have reached `recipients`, if given."""
+    for _ in range(200):
+        attempt = asyncio.create_task(publish(stub, data=BIG))
+        done, _ = await asyncio.wait({attempt}, timeout=1.0)
+        if not done:
+            return attempt
+        if recipients is not None:
+            assert attempt.result().recipients == recipients
+    raise AssertionError("the publisher never had to wait")
+
+
 async def fast_reader(stub, client_id="fast"):
     return collect(await subscribe(stub, client_id))
 
@@ -465,15 +473,7 @@ async def test_block_waits_for_room_then_delivers(start_server, open_channel):
     server = await start_server(queue_size=4, backpressure="block", publish_timeout=30.0)
     stub = connect(server, open_channel)
     slow = await stalled_subscriber(server, open_channel)
-    pending = None
-    for _ in range(200):
-        attempt = asyncio.create_task(publish(stub, data=BIG))
-        done, _ = await asyncio.wait({attempt}, timeout=1.0)
-        if not done:
-            pending = attempt
-            break
-        assert attempt.result().recipients == 1
-    assert pending is not None, "the publisher never had to wait"
+    pending = await publish_until_it_waits(stub, recipients=1)
     got, reader = collect(slow)  # room again: the waiting publisher goes on
     response = await asyncio.wait_for(pending, 5)
     assert response.recipients == 1
@@ -640,14 +640,7 @@ async def test_a_publisher_giving_up_does_not_leave_its_event_half_delivered(sta
     server = await start_server(queue_size=4, backpressure="block", publish_timeout=30.0, data_dir=str(tmp_path))
     stub = connect(server, open_channel)
     slow = await stalled_subscriber(server, open_channel)
-    pending = None
-    for _ in range(200):
-        attempt = asyncio.create_task(publish(stub, data=BIG))
-        done, _ = await asyncio.wait({attempt}, timeout=1.0)
-        if not done:
-            pending = attempt
-            break
-    assert pending is not None, "the publisher never had to wait"
+    pending = await publish_until_it_waits(stub)
     pending.cancel()  # the client gives up (RST_STREAM) while the server waits for room
     got, reader = collect(slow)
     after = await publish(stub, data=BIG)

@@ -244,48 +244,31 @@ async def test_messages_over_the_max_size_are_refused(start_server, open_channel
 # --- interceptor: stats and the "rpc" record ---
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def rpcs(self) -> list[tuple[str, str]]:
-        return [(r.method, r.code) for r in self.records if r.getMessage() == "rpc"]
-
-
-async def test_each_rpc_logs_method_and_code_and_is_counted(start_server, open_channel):
-    records = Records()
-    logging.getLogger("polystream.server").addHandler(records)
-    try:
-        server = await start_server()
-        stub = pb_grpc.EventServiceStub(open_channel(server.address))
-        requests_before = server.stats()[0]
-        await stub.Broadcast(pb.BroadcastRequest(event=pb.Event(type="ok")))
-        with pytest.raises(grpc.aio.AioRpcError):
-            await stub.Broadcast(pb.BroadcastRequest())
-        call = stub.Subscribe(pb.SubscribeRequest(client_id="c"))
-        await call.initial_metadata()
-        assert server.stats() == (requests_before + 3, 1)
-        call.cancel()
-        await eventually(lambda: server.stats()[1] == 0, what="stream no longer counted")
-        broadcast = "/polystream.events.v1.EventService/Broadcast"
-        subscribe = "/polystream.events.v1.EventService/Subscribe"
-        await eventually(lambda: len(records.rpcs()) >= 3, what="three rpc records")
-        with pytest.raises(grpc.aio.AioRpcError):
-            await stub.Subscribe(pb.SubscribeRequest(client_id="d"), timeout=0.2).read()
-        await eventually(lambda: len(records.rpcs()) >= 4, what="four rpc records")
-        assert records.rpcs()[:4] == [
-            (broadcast, "OK"),
-            (broadcast, "INVALID_ARGUMENT"),
-            (subscribe, "CANCELLED"),
-            (subscribe, "DEADLINE_EXCEEDED"),
-        ]
-        assert all(r.levelno == logging.INFO and r.name == "polystream.server" for r in records.records if r.getMessage() == "rpc")
-    finally:
-        logging.getLogger("polystream.server").removeHandler(records)
+async def test_each_rpc_logs_method_and_code_and_is_counted(start_server, open_channel, records):
+    server = await start_server()
+    stub = pb_grpc.EventServiceStub(open_channel(server.address))
+    requests_before = server.stats()[0]
+    await stub.Broadcast(pb.BroadcastRequest(event=pb.Event(type="ok")))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Broadcast(pb.BroadcastRequest())
+    call = stub.Subscribe(pb.SubscribeRequest(client_id="c"))
+    await call.initial_metadata()
+    assert server.stats() == (requests_before + 3, 1)
+    call.cancel()
+    await eventually(lambda: server.stats()[1] == 0, what="stream no longer counted")
+    broadcast = "/polystream.events.v1.EventService/Broadcast"
+    subscribe = "/polystream.events.v1.EventService/Subscribe"
+    await eventually(lambda: len(records.rpcs()) >= 3, what="three rpc records")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Subscribe(pb.SubscribeRequest(client_id="d"), timeout=0.2).read()
+    await eventually(lambda: len(records.rpcs()) >= 4, what="four rpc records")
+    assert records.rpcs()[:4] == [
+        (broadcast, "OK"),
+        (broadcast, "INVALID_ARGUMENT"),
+        (subscribe, "CANCELLED"),
+        (subscribe, "DEADLINE_EXCEEDED"),
+    ]
+    assert all(r.levelno == logging.INFO and r.name == "polystream.server" for r in records.records if r.getMessage() == "rpc")
 
 
 # --- python -m polystream serve ---

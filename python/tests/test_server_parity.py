@@ -6,7 +6,6 @@ subscribe, --initial-window-size, and flag errors worded as in Go."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import pathlib
 import signal
@@ -30,26 +29,6 @@ from polystream.updates.v1 import updates_pb2, updates_pb2_grpc
 PYTHON_DIR = pathlib.Path(__file__).resolve().parents[1]
 SMALL_WINDOW = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)]
 SUBSCRIBE = "/polystream.events.v1.EventService/Subscribe"
-
-
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def codes(self, method: str) -> list[str]:
-        return [r.code for r in self.records if r.getMessage() == "rpc" and r.method == method]
-
-
-@pytest.fixture
-def records():
-    handler = Records()
-    logging.getLogger("polystream.server").addHandler(handler)
-    yield handler
-    logging.getLogger("polystream.server").removeHandler(handler)
 
 
 # --- a stream whose write is stuck, cancelled by a client that keeps its connection ---

@@ -11,11 +11,12 @@ import asyncio
 import dataclasses
 import logging
 import pathlib
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import grpc
 import pytest
 
+from conftest import eventually, expect_error, take
 from polystream.server import RunningServer
 from polystream.services.updates import UpdatesService
 from polystream.updates.v1 import updates_pb2 as pb
@@ -30,17 +31,6 @@ class Running:
     service: UpdatesService
     stub: updates_pb2_grpc.StreamServiceStub
     server: RunningServer
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    """Waits until `condition` holds (state owned by the server, checked on each loop turn)."""
-    async def wait() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-    try:
-        await asyncio.wait_for(wait(), WAIT)
-    except asyncio.TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -59,25 +49,6 @@ async def start_updates(start_server, open_channel, tmp_path: pathlib.Path) -> C
 @pytest.fixture
 async def running(start_updates) -> Running:
     return await start_updates()
-
-
-async def expect_error(call: Awaitable[object] | AsyncIterator[object], code: grpc.StatusCode, message: str) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        if hasattr(call, "__aiter__"):
-            async for _ in call:  # type: ignore[union-attr]
-                pass
-        else:
-            await call  # type: ignore[misc]
-    assert (info.value.code(), info.value.details()) == (code, message)
-
-
-async def take(call, count: int) -> list:
-    got = []
-    async for message in call:
-        got.append(message)
-        if len(got) == count:
-            break
-    return got
 
 
 # --- topic updates ------------------------------------------------------------
@@ -127,7 +98,7 @@ async def test_updates_reach_subscribers_of_their_topic_in_order(running: Runnin
 
     both.cancel()
     only_b.cancel()
-    await eventually(lambda: running.service.topic_subscribers == 0, "subscribers gone after cancel")
+    await eventually(lambda: running.service.topic_subscribers == 0, WAIT, "subscribers gone after cancel")
 
 
 async def test_a_stalled_subscriber_loses_updates_without_holding_up_others(start_updates) -> None:
@@ -159,7 +130,7 @@ async def test_a_stalled_subscriber_loses_updates_without_holding_up_others(star
     assert [u.sequence for u in received] == list(range(1, len(received) + 1))
     stalled.cancel()
     live.cancel()
-    await eventually(lambda: running.service.topic_subscribers == 0, "subscribers gone after cancel")
+    await eventually(lambda: running.service.topic_subscribers == 0, WAIT, "subscribers gone after cancel")
 
 
 # --- query results -------------------------------------------------------------
@@ -323,16 +294,16 @@ async def test_a_batch_larger_than_8_mib_ends_the_stream_after_the_batches_befor
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "query batch larger than 8388608 bytes; use a smaller batch_size",
     )
-    await eventually(lambda: running.service.active_queries == 0, "the query to close")
+    await eventually(lambda: running.service.active_queries == 0, WAIT, "the query to close")
 
 
 async def test_cancelling_an_endless_query_stops_it(running: Running) -> None:
     endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT x FROM n"
     call = running.stub.StreamQueryResults(pb.QueryRequest(query=endless))
-    await eventually(lambda: running.service.active_queries == 1, "the query to run")
+    await eventually(lambda: running.service.active_queries == 1, WAIT, "the query to run")
     call.cancel()
     # Without an interrupt the COUNT(*) would never return and the connection stay open.
-    await eventually(lambda: running.service.active_queries == 0, "the query to stop after cancel")
+    await eventually(lambda: running.service.active_queries == 0, WAIT, "the query to stop after cancel")
     assert (await running.stub.PublishUpdate(pb.PublishUpdateRequest(topic="alive"))).recipients == 0
 
 
@@ -341,7 +312,7 @@ async def test_cancelling_mid_stream_stops_fetching(running: Running) -> None:
     got = await take(call, 3)
     assert [r.batch_number for r in got] == [1, 2, 3] and got[0].total_batches == 10_000
     call.cancel()
-    await eventually(lambda: running.service.active_queries == 0, "the query to close after cancel")
+    await eventually(lambda: running.service.active_queries == 0, WAIT, "the query to close after cancel")
 
 
 async def test_query_deadline_stops_it(running: Running) -> None:
@@ -351,7 +322,7 @@ async def test_query_deadline_stops_it(running: Running) -> None:
         async for _ in call:
             pass
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    await eventually(lambda: running.service.active_queries == 0, "the query to stop after its deadline")
+    await eventually(lambda: running.service.active_queries == 0, WAIT, "the query to stop after its deadline")
 
 
 # --- jobs ----------------------------------------------------------------------
@@ -524,7 +495,7 @@ async def test_tail_follow_sees_new_records(running: Running) -> None:
     )
     assert live.sequence >= 2
     follow.cancel()
-    await eventually(lambda: ring.follower_count() == 0, "the follower to leave")
+    await eventually(lambda: ring.follower_count() == 0, WAIT, "the follower to leave")
 
 
 async def test_tail_follow_without_history_sends_headers_then_records(running: Running) -> None:
@@ -606,7 +577,7 @@ async def test_server_shutdown_ends_every_stream_and_stops_queries_and_jobs(runn
     await updates.initial_metadata()
     await tail.initial_metadata()
     await take(watcher, 1)
-    await eventually(lambda: running.service.active_queries == 1, "the query to run")
+    await eventually(lambda: running.service.active_queries == 1, WAIT, "the query to run")
     job = running.service.jobs.get(job_id)
 
     await running.server.stop()
