@@ -89,6 +89,13 @@ func (l rpcLogger) unary(ctx context.Context, req any, info *grpc.UnaryServerInf
 
 func (l rpcLogger) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	err := handler(srv, ss)
-	l.log.Info("rpc", "method", info.FullMethod, "code", codenames.Name(status.Code(err)))
+	code := status.Code(err)
+	// A client that cancels and closes its connection at once can make the
+	// handler's last Send fail with UNAVAILABLE ("transport is closing") before
+	// it sees its context end; the call was still ended by the client.
+	if ctxErr := ss.Context().Err(); ctxErr != nil && endedByCancel(err) {
+		code = status.FromContextError(ctxErr).Code()
+	}
+	l.log.Info("rpc", "method", info.FullMethod, "code", codenames.Name(code))
 	return err
 }

@@ -1,9 +1,13 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -61,4 +65,31 @@ func mustAtoi(t *testing.T, s string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+func TestRPCLoggerNamesAClientEndedStreamByItsContext(t *testing.T) {
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	expired, cancel2 := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel2()
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want string
+	}{
+		{"send failed as the client closed", cancelled, status.Error(codes.Unavailable, "transport is closing"), "CANCELLED"},
+		{"deadline", expired, status.Error(codes.Unavailable, "transport is closing"), "DEADLINE_EXCEEDED"},
+		{"own verdict kept", cancelled, status.Error(codes.InvalidArgument, "bad"), "INVALID_ARGUMENT"},
+		{"live client", context.Background(), status.Error(codes.Unavailable, "server is shutting down"), "UNAVAILABLE"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			l := rpcLogger{log: slog.New(slog.NewTextHandler(&buf, nil))}
+			_ = l.stream(nil, fakeStream{ctx: tc.ctx}, &grpc.StreamServerInfo{FullMethod: "/m"}, func(any, grpc.ServerStream) error { return tc.err })
+			if !strings.Contains(buf.String(), "code="+tc.want) {
+				t.Fatalf("logged %q, want code=%s", buf.String(), tc.want)
+			}
+		})
+	}
 }
