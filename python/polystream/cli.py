@@ -59,7 +59,35 @@ class UsageError(Exception):
 
 def print_message(message: Message) -> None:
     as_dict = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    print(json.dumps(as_dict, separators=(",", ":")), flush=True)
+    print(json.dumps(_like_go(message.DESCRIPTOR, as_dict), separators=(",", ":")), flush=True)
+
+
+def _like_go(descriptor, value: dict) -> dict:
+    """Writes a message's JSON as Go's protojson does, so both CLIs print the
+    same line: map entries sorted by key, and integral doubles without ".0"
+    (25, not 25.0). Fields keep their order (field number, as in Go)."""
+    out = {}
+    for name, item in value.items():
+        field = descriptor.fields_by_name.get(name)
+        sub = field.message_type if field is not None else None
+        if sub is not None and sub.GetOptions().map_entry:
+            entry = sub.fields_by_name["value"].message_type
+            item = {k: _like_go(entry, v) if entry else _number(v) for k, v in sorted(item.items())}
+        elif sub is not None and sub.full_name.startswith("google.protobuf."):
+            pass  # well-known types have their own JSON forms (timestamps, Any)
+        elif sub is not None:
+            item = [_like_go(sub, v) for v in item] if isinstance(item, list) else _like_go(sub, item)
+        else:
+            item = [_number(v) for v in item] if isinstance(item, list) else _number(item)
+        out[name] = item
+    return out
+
+
+def _number(value):
+    # Go's encoding/json writes a float64 without exponent below 1e21.
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    return value
 
 
 def report_error(text: str) -> None:

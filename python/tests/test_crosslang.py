@@ -288,6 +288,25 @@ def test_query_results_are_identical(pairs, query):
     assert [b["batch_number"] for b in result] == list(range(1, len(result) + 1))
 
 
+def test_both_clis_print_the_same_text(pairs):
+    """Not only the same objects: the same line (map keys sorted, whole doubles as 25)."""
+    pairs.require()
+    query = ["--sql", "SELECT AVG(value) AS average, id AS id, id / 4.0 AS quarter FROM large_table WHERE id IN (4, 6)"
+                      " GROUP BY id ORDER BY id"]
+    for server in pairs.servers:
+        go_cli, python_cli = (Cli(prefix, server.address, env=python_env()) for prefix in ([GO_BIN], PYTHON_CLI))
+        go_out, python_out = (cli("query", *query, timeout=30) for cli in (go_cli, python_cli))
+        assert go_out.code == python_out.code == 0, go_out.describe() + python_out.describe()
+        assert python_out.stdout == go_out.stdout
+        assert '"quarter":"1.0"' in go_out.stdout  # a REAL column (text), not a double: sqlite's own repr
+        # A double field: a finished job's final state, watched by both CLIs.
+        (started,) = go_cli.ok("start-job", "--steps", "2", "--step-ms", "1")
+        wait_until(lambda: go_cli("watch-job", "--job-id", started["job_id"]).code == 0, what="job completed")
+        go_out, python_out = (cli("watch-job", "--job-id", started["job_id"]) for cli in (go_cli, python_cli))
+        assert python_out.stdout == go_out.stdout
+        assert '"percentage":100,' in go_out.stdout
+
+
 def test_query_errors(pairs):
     result = across(pairs, lambda _pair, cli: [
         error_of(cli, "query"),
