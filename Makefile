@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 export PATH := $(shell go env GOPATH)/bin:$(PATH)
 
-.PHONY: all build proto proto-check tools test test-go test-python bench conformance clean
+.PHONY: all build proto proto-check tools test test-go test-python bench conformance conformance-selftest clean
 
 all: build
 
@@ -25,7 +25,7 @@ test: tools proto-check build test-go test-python
 
 test-go:
 	go vet ./...
-	go test -race -count=1 ./go/... ./scripts/...
+	go test -race -count=1 ./go/... ./conformance/... ./scripts/...
 
 test-python: build
 	cd python && POLYSTREAM_GO_BIN=$(CURDIR)/bin/polystream $(PYTHON) -m pytest -q tests
@@ -46,3 +46,8 @@ clean:
 # The main job: images, then every client against every server (conformance/).
 conformance:
 	bash scripts/conformance.sh
+
+# The harness's self-test: each case in conformance/selftest.yaml must FAIL
+# against a server started with the matching --fault.
+conformance-selftest:
+	CONFORMANCE_SELFTEST=1 bash scripts/conformance.sh

@@ -60,25 +60,28 @@ if [ "${CONFORMANCE_CLEAN_STALE:-0}" = 1 ]; then
   [ -z "$stale_nets" ] || docker network rm $stale_nets >/dev/null 2>&1 || true
 fi
 
-rm -rf conformance/results
-mkdir -p conformance/results
+# The self-test reports apart, so it does not wipe the matrix's reports.
+results=conformance/results
+[ "${CONFORMANCE_SELFTEST:-0}" != 1 ] || results=conformance/results-selftest
+rm -rf "$results"
+mkdir -p "$results"
 # The matrix gets what is left of 14.5 minutes after the image builds, so
 # `make conformance` stays under 15 minutes whatever the builds took.
 left=$(( 870 - (SECONDS - start) )); [ "$left" -ge 120 ] || left=120
-args=(-dir conformance -results conformance/results -protoset proto/polystream.protoset -budget "${CONFORMANCE_BUDGET:-${left}s}")
+args=(-dir conformance -results "$results" -protoset proto/polystream.protoset -budget "${CONFORMANCE_BUDGET:-${left}s}")
 [ -z "${CONFORMANCE_RUN:-}" ] || args+=(-run "$CONFORMANCE_RUN")
 [ -z "${CONFORMANCE_CLIENTS:-}" ] || args+=(-clients "$CONFORMANCE_CLIENTS")
 [ -z "${CONFORMANCE_SERVERS:-}" ] || args+=(-servers "$CONFORMANCE_SERVERS")
 [ "${CONFORMANCE_SELFTEST:-0}" != 1 ] || args+=(-selftest)
 [ -z "${CONFORMANCE_PARALLEL:-}" ] || args+=(-parallel "$CONFORMANCE_PARALLEL")
 
-go build -o conformance/results/matrix ./conformance/cmd/matrix
+go build -o "$results/matrix" ./conformance/cmd/matrix
 set +e
-conformance/results/matrix "${args[@]}" 2>&1 | tee conformance/results/run.log
+"$results/matrix" "${args[@]}" 2>&1 | tee "$results/run.log"
 rc=${PIPESTATUS[0]}
 set -e
-rm -f conformance/results/matrix
-log "wall time $((SECONDS - start))s; reports in conformance/results/"
+rm -f "$results/matrix"
+log "wall time $((SECONDS - start))s; reports in $results/"
 # The closing line stays the last line of the output.
-tail -n 1 conformance/results/run.log
+tail -n 1 "$results/run.log"
 exit "$rc"
