@@ -19,10 +19,11 @@ const (
 	FaultDrop          = "drop"           // skip every 100th log event of a stream, no marker
 	FaultIgnoreCancel  = "ignore-cancel"  // a stream whose context ended stays counted as active
 	FaultForgetHistory = "forget-history" // the log ignores DataDir: memory store, nothing kept across restarts
+	FaultNoHeartbeat   = "no-heartbeat"   // streams send no heartbeat events at all
 )
 
 // Faults lists the accepted Config.Fault values ("" = none).
-var Faults = []string{FaultReorder, FaultDrop, FaultIgnoreCancel, FaultForgetHistory}
+var Faults = []string{FaultReorder, FaultDrop, FaultIgnoreCancel, FaultForgetHistory, FaultNoHeartbeat}
 
 const (
 	// faultEvery: reorder and drop act on a stream's 100th, 200th, ... log event.
@@ -51,6 +52,10 @@ func storeDataDir(cfg Config) string {
 // keepCancelled tells whether a stream whose context ended keeps its place
 // in GetConnectionStatus (ignore-cancel).
 func (s *Service) keepCancelled() bool { return s.fault == FaultIgnoreCancel }
+
+// sendsHeartbeats tells whether streams send heartbeat events (not with
+// no-heartbeat; everything else, the heartbeat timer included, is unchanged).
+func (s *Service) sendsHeartbeats() bool { return s.fault != FaultNoHeartbeat }
 
 // newFaultDelivery returns the reorder/drop state of one stream, or nil
 // when neither fault is active (the normal path pays one nil check).

@@ -20,7 +20,7 @@ import (
 
 func TestFaultUnknownIsRefused(t *testing.T) {
 	_, err := New(Config{Fault: "x"})
-	want := `events: fault must be one of reorder, drop, ignore-cancel, forget-history; got "x"`
+	want := `events: fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat; got "x"`
 	if err == nil || err.Error() != want {
 		t.Fatalf("got %v, want %s", err, want)
 	}
@@ -32,7 +32,7 @@ func TestNoFaultByDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer svc.Close()
-	if svc.fault != "" || newFaultDelivery(svc.fault) != nil || svc.keepCancelled() {
+	if svc.fault != "" || newFaultDelivery(svc.fault) != nil || svc.keepCancelled() || !svc.sendsHeartbeats() {
 		t.Fatalf("a fault is active by default: %q", svc.fault)
 	}
 }
@@ -169,5 +169,29 @@ func TestFaultForgetHistoryIgnoresTheDataDir(t *testing.T) {
 	stream, _ := ts2.subscribe(ts2.client, &eventsv1.SubscribeRequest{ClientId: "fh", LastEventId: first.EventId})
 	if ev := recvSkippingHeartbeats(t, stream); ev.Type != typeReplayGap {
 		t.Fatalf("resume after restart: %v, want %s", ev, typeReplayGap)
+	}
+}
+
+func TestFaultNoHeartbeatSendsNoHeartbeats(t *testing.T) {
+	ts := startServer(t, Config{Fault: FaultNoHeartbeat})
+	single, _ := ts.subscribed(ts.client, &eventsv1.SubscribeRequest{ClientId: "h", HeartbeatInterval: 1})
+	ctx, cancel := context.WithCancel(ts.ctx)
+	defer cancel()
+	multi, err := ts.client.SubscribeMultiple(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := multi.Send(&eventsv1.SubscribeRequest{ClientId: "m", HeartbeatInterval: 1}); err != nil {
+		t.Fatal(err)
+	}
+	ts.waitStreams("m", 1)
+	// Two 1s heartbeats would be due by now; none is sent, log events still are.
+	time.Sleep(2500 * time.Millisecond)
+	pub := ts.publish("f.event").Sequence
+	for name, s := range map[string]eventReceiver{"Subscribe": single, "SubscribeMultiple": multi} {
+		got, control := recvLog(t, s, 1)
+		if len(control) != 0 || got[0].Sequence != pub {
+			t.Fatalf("%s: got control %v, log %v; want only sequence %d", name, control, got, pub)
+		}
 	}
 }

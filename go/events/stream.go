@@ -61,7 +61,7 @@ func (s *Service) serve(stream eventStream, req *eventsv1.SubscribeRequest, recv
 		return err
 	}
 	d := &delivery{stream: stream, sub: sub, channel: sr.channel, interval: sr.heartbeat, acks: make(chan struct{}, 1),
-		faults: newFaultDelivery(s.fault)}
+		faults: newFaultDelivery(s.fault), noHeartbeats: !s.sendsHeartbeats()}
 	done := make(chan error, 2)
 	go func() { done <- d.run(ctx, replay, gap) }()
 	if recv != nil {
@@ -128,6 +128,8 @@ type delivery struct {
 	heartbeats uint64
 	acks       chan struct{}
 	faults     *faultDelivery // nil unless a self-test fault is active (faults.go)
+	// noHeartbeats: the no-heartbeat self-test fault (faults.go).
+	noHeartbeats bool
 }
 
 func (d *delivery) run(ctx context.Context, replay []*record, gap *replayGap) error {
@@ -244,6 +246,9 @@ func (d *delivery) heartbeatIfDue(ticker *time.Ticker) error {
 }
 
 func (d *delivery) sendHeartbeat() error {
+	if d.noHeartbeats {
+		return nil
+	}
 	d.heartbeats++
 	now := timestamppb.Now()
 	payload, err := anypb.New(&eventsv1.HeartbeatEvent{Timestamp: now, Sequence: d.heartbeats})
