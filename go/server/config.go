@@ -43,12 +43,13 @@ type Config struct {
 
 // Faults lists the accepted --fault values (docs/contract.md, "Fault modes
 // (self-test only)"): the events service's self-test faults
-// (go/events/faults.go) and chat's slow-reader=<ms> (go/chat/faults.go).
-var Faults = append(slices.Clone(events.Faults), chat.FaultSlowReader+"=<ms>")
+// (go/events/faults.go), the server's own (faults.go) and chat's
+// slow-reader=<ms> (go/chat/faults.go).
+var Faults = slices.Concat(events.Faults, serverFaults, []string{chat.FaultSlowReader + "=<ms>"})
 
 // checkFault refuses a --fault value no service implements.
 func checkFault(fault string) error {
-	if fault == "" || slices.Contains(events.Faults, fault) {
+	if fault == "" || slices.Contains(events.Faults, fault) || slices.Contains(serverFaults, fault) {
 		return nil
 	}
 	if _, ok, err := chat.ParseSlowReader(fault); ok {

@@ -64,8 +64,8 @@ func TestParseFlagsRejectsBadInput(t *testing.T) {
 		{[]string{"--log-level", "verbose"}, nil, `--log-level must be one of debug, info, warn, error; got "verbose"`},
 		{[]string{"--port", "70000"}, nil, "--port must be between 0 and 65535, got 70000"},
 		{[]string{"--shutdown-grace", "0s"}, nil, "--shutdown-grace must be > 0, got 0s"},
-		{[]string{"--fault", "x"}, nil, `--fault must be one of reorder, drop, ignore-cancel, forget-history, slow-reader=<ms>; got "x"`},
-		{nil, map[string]string{"POLYSTREAM_FAULT": "slow"}, `--fault must be one of reorder, drop, ignore-cancel, forget-history, slow-reader=<ms>; got "slow"`},
+		{[]string{"--fault", "x"}, nil, `--fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat, wrong-status, strict-keepalive, slow-reader=<ms>; got "x"`},
+		{nil, map[string]string{"POLYSTREAM_FAULT": "slow"}, `--fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat, wrong-status, strict-keepalive, slow-reader=<ms>; got "slow"`},
 		{[]string{"--fault", "slow-reader=0"}, nil, `--fault slow-reader=<ms> needs milliseconds between 1 and 60000, got "slow-reader=0"`},
 		{[]string{"--initial-window-size", "-1"}, nil, "--initial-window-size must be 0 or between 65535 and 2147483647, got -1"},
 		{[]string{"--initial-window-size", "1000"}, nil, "--initial-window-size must be 0 or between 65535 and 2147483647, got 1000"},
@@ -84,7 +84,7 @@ func TestParseFlagsRejectsBadInput(t *testing.T) {
 }
 
 func TestParseFlagsAcceptsEveryFault(t *testing.T) {
-	for _, fault := range []string{"", "reorder", "drop", "ignore-cancel", "forget-history", "slow-reader=5"} {
+	for _, fault := range []string{"", "reorder", "drop", "ignore-cancel", "forget-history", "no-heartbeat", "wrong-status", "strict-keepalive", "slow-reader=5"} {
 		if cfg, err := ParseFlags([]string{"--fault", fault}, env(nil)); err != nil || cfg.Fault != fault {
 			t.Errorf("--fault %q: %v %v", fault, cfg.Fault, err)
 		}

@@ -112,7 +112,7 @@ func TestStartRefusesAnUnknownFault(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Fault = "x"
 	_, err := Start(cfg, io.Discard)
-	want := `--fault must be one of reorder, drop, ignore-cancel, forget-history, slow-reader=<ms>; got "x"`
+	want := `--fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat, wrong-status, strict-keepalive, slow-reader=<ms>; got "x"`
 	if err == nil || err.Error() != want {
 		t.Fatalf("Start: %v, want %s", err, want)
 	}

@@ -86,6 +86,9 @@ func Start(cfg Config, logOutput io.Writer) (*Server, error) {
 	logger := slog.New(logs.Handler(slog.NewTextHandler(logOutput, &slog.HandlerOptions{Level: level})))
 
 	s := &Server{cfg: cfg, log: logger.With("service", "server"), serveResult: make(chan error, 1)}
+	if slices.Contains(serverFaults, cfg.Fault) {
+		s.log.Warn("SELF-TEST FAULT ACTIVE: this server is deliberately defective", "fault", cfg.Fault)
+	}
 	s.shuttingDown, s.beginStop = context.WithCancel(context.Background())
 	if err := s.startServices(logger, logs); err != nil {
 		s.closeServices()
@@ -174,13 +177,16 @@ func (s *Server) serverOptions(stats *rpcStats) []grpc.ServerOption {
 	logRPC := rpcLogger{log: s.log}
 	opts := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
+		grpc.KeepaliveEnforcementPolicy(enforcementPolicy(cfg)),
 		grpc.MaxRecvMsgSize(cfg.MaxMessageSize),
 		grpc.MaxSendMsgSize(cfg.MaxMessageSize),
 		// Logging is outermost so it records the final code, after the
 		// shutdown interceptor has turned a cancelled stream into UNAVAILABLE.
 		grpc.ChainUnaryInterceptor(logRPC.unary, stats.unary),
 		grpc.ChainStreamInterceptor(logRPC.stream, stats.stream, shutdownInterceptor(s.shuttingDown)),
+	}
+	if cfg.Fault == FaultWrongStatus {
+		opts = append(opts, grpc.ChainUnaryInterceptor(wrongStatusUnary), grpc.ChainStreamInterceptor(wrongStatusStream))
 	}
 	if cfg.MaxConcurrentStreams > 0 {
 		opts = append(opts, grpc.MaxConcurrentStreams(uint32(cfg.MaxConcurrentStreams)))
