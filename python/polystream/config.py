@@ -14,14 +14,17 @@ import os
 import re
 from typing import Callable, Mapping, Optional
 
+from polystream.server_faults import STRICT_KEEPALIVE, WRONG_STATUS
 from polystream.services.chat_faults import SLOW_READER, parse_slow_reader
 
 POLICIES = ("drop-newest", "drop-oldest", "block", "disconnect")
 LOG_LEVELS = ("debug", "info", "warn", "error")
 # Self-test faults (conformance/selftest.yaml, docs/contract.md): the events
-# service's act in polystream/services/events_faults.py, chat's
+# service's act in polystream/services/events_faults.py, the whole server's
+# (wrong-status, strict-keepalive) in polystream/server_faults.py, chat's
 # slow-reader=<ms> in polystream/services/chat_faults.py.
-FAULTS = ("reorder", "drop", "ignore-cancel", "forget-history")
+EVENTS_FAULTS = ("reorder", "drop", "ignore-cancel", "forget-history", "no-heartbeat")
+FAULTS = (*EVENTS_FAULTS, WRONG_STATUS, STRICT_KEEPALIVE)
 FAULT_NAMES = (*FAULTS, SLOW_READER + "=<ms>")  # as listed in the error message
 # --initial-window-size when not 0: HTTP/2's default (smallest useful) window
 # up to HTTP/2's largest, as in Go.

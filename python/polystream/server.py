@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 import grpc
 
 from polystream import config as config_module
-from polystream import reflection
+from polystream import reflection, server_faults
 from polystream.chat.v1 import chat_pb2  # noqa: F401  (loads the descriptors that reflection serves)
 from polystream.config import ServerConfig
 from polystream.events.v1 import events_pb2  # noqa: F401
@@ -72,8 +72,9 @@ class StreamGuard(grpc.aio.ServerInterceptor):
     (the services know nothing about shutdown), counts requests and open
     streams, and logs one `rpc` record per finished RPC."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, fault: str = "") -> None:
         self._logger = logger
+        self._fault = fault  # self-test only: wrong-status rewrites messages (server_faults.py)
         self._shutdown: Optional[asyncio.Future] = None  # resolved when shutdown begins
         self._streams: set[_Stream] = set()  # open generator streams
         self.requests = 0
@@ -116,6 +117,10 @@ class StreamGuard(grpc.aio.ServerInterceptor):
             return handler._replace(unary_stream=self._server_stream(handler.unary_stream, method))
         return handler._replace(stream_stream=self._server_stream(handler.stream_stream, method))
 
+    def _context(self, context: grpc.aio.ServicerContext) -> Any:
+        """The context the service's handler gets (the wrong-status self-test fault's)."""
+        return server_faults.context(self._fault, context)
+
     def _started(self, context: grpc.aio.ServicerContext, method: str, streaming: bool) -> "_Rpc":
         self.requests += 1
         if streaming:
@@ -147,7 +152,7 @@ class StreamGuard(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             rpc = self._started(context, method, streaming=False)
             try:
-                result = await behavior(request, context)  # unary calls finish within the grace period
+                result = await behavior(request, self._context(context))  # unary calls finish within the grace period
             except asyncio.CancelledError:
                 rpc.cancelled = True
                 raise
@@ -162,7 +167,7 @@ class StreamGuard(grpc.aio.ServerInterceptor):
     def _client_stream(self, behavior: Callable, method: str) -> Callable:
         async def client_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
             rpc = self._started(context, method, streaming=True)
-            return await self._until_shutdown(behavior(request_iterator, context), context, rpc)
+            return await self._until_shutdown(behavior(request_iterator, self._context(context)), context, rpc)
 
         return client_stream
 
@@ -171,7 +176,7 @@ class StreamGuard(grpc.aio.ServerInterceptor):
 
             async def writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 rpc = self._started(context, method, streaming=True)
-                return await self._until_shutdown(behavior(request, context), context, rpc)
+                return await self._until_shutdown(behavior(request, self._context(context)), context, rpc)
 
             return writer
 
@@ -181,7 +186,7 @@ class StreamGuard(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
             stream = _Stream(asyncio.current_task())
             self._streams.add(stream)
-            responses = behavior(request, context)
+            responses = behavior(request, self._context(context))
             # grpc may end the call while this generator is parked at `yield`
             # (a write failed: the client cancelled or its deadline passed) and
             # then leave the generator to the garbage collector: release the
@@ -304,7 +309,8 @@ class HealthService(health_grpc.HealthServicer):
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
-    min_ping_ms = int(config.keepalive_min_time * 1000)
+    # The strict-keepalive self-test fault: 60 s, and no pings without calls (server_faults.py).
+    min_ping_ms, permit_without_calls = server_faults.keepalive_enforcement(config.fault, int(config.keepalive_min_time * 1000))
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", config.max_message_size),
         ("grpc.max_send_message_length", config.max_message_size),
@@ -313,7 +319,7 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
         # Enforcement: clients may ping every keepalive-min-time, with or
         # without streams (grpcio's default of 5 min would answer Go clients'
         # 10 s pings with GOAWAY too_many_pings).
-        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.keepalive_permit_without_calls", permit_without_calls),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", min_ping_ms),
         ("grpc.http2.min_ping_interval_without_data_ms", min_ping_ms),
         ("grpc.http2.max_pings_without_data", 0),
@@ -374,7 +380,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     config_module.validate(config)  # e.g. an unknown --fault is refused, as in Go
     root_logger = logging.getLogger("polystream")
     root_logger.setLevel(LOG_LEVELS[config.log_level])
-    guard = StreamGuard(log)
+    guard = StreamGuard(log, config.fault)
     events = EventService(config, logging.getLogger("polystream.events"))
     updates = UpdatesService(config, logging.getLogger("polystream.updates"))
     chat = ChatService(config, logging.getLogger("polystream.chat"), guard.stats)
@@ -408,6 +414,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
         if log_handler is not None:
             root_logger.removeHandler(log_handler)
         raise
+    if server_faults.active(config.fault):  # after TailLogs' handler is in place, so it has it too
+        log.warning("SELF-TEST FAULT ACTIVE: this server is deliberately defective", extra={"fault": config.fault})
     address = f"{_join_host(config.host)}:{port}"  # the host as given, as Go's net.JoinHostPort writes it
     log.info("listening", extra={"address": address})
     return RunningServer(address, port, events, updates, chat, config, server, guard, health, log_handler)

@@ -218,7 +218,7 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         faults = events_faults.delivery(self._fault)  # None unless a reorder/drop self-test fault is active
         cancelled = False
         client_id = subscriber.client_id
-        beats = _Heartbeats(heartbeat_interval or DEFAULT_HEARTBEAT_SECONDS)
+        beats = _Heartbeats(heartbeat_interval or DEFAULT_HEARTBEAT_SECONDS, events_faults.heartbeats(self._fault))
         channel = subscriber.channel  # the channel of what is queued; switches at each acknowledgement
         self._logger.debug("subscribe client=%s channel=%s stream=%d", client_id, channel, subscriber.stream_id)
         try:
@@ -285,16 +285,21 @@ class EventService(events_pb2_grpc.EventServiceServicer):
 
 
 class _Heartbeats:
-    """A stream's heartbeat schedule: one every `interval` seconds; a late one is sent once, not caught up."""
+    """A stream's heartbeat schedule: one every `interval` seconds; a late one
+    is sent once, not caught up. Never due when not `enabled` (the no-heartbeat
+    self-test fault): the stream then only wakes every `interval` to look again."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, enabled: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
         self._interval = interval
+        self._enabled = enabled
         self._next = self._loop.time() + interval
         self._count = 0
 
     def due(self) -> bool:
-        return self._loop.time() >= self._next
+        if not self._enabled and self._loop.time() >= self._next:
+            self.skip()
+        return self._enabled and self._loop.time() >= self._next
 
     def remaining(self) -> float:
         return max(0.0, self._next - self._loop.time())

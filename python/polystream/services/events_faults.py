@@ -13,6 +13,7 @@ semantics are the Go server's (go/events/faults.go):
                   stays counted in GetConnectionStatus (it gets no more events)
   forget-history  the event log ignores --data-dir: memory store, nothing
                   kept across restarts
+  no-heartbeat    streams send no heartbeat events at all
 """
 
 from __future__ import annotations
@@ -22,17 +23,22 @@ from typing import Any, Callable, Optional
 
 import grpc
 
-from polystream.config import FAULTS
+from polystream.config import EVENTS_FAULTS
 from polystream.services.events_store import StoredEvent
 
-REORDER, DROP, IGNORE_CANCEL, FORGET_HISTORY = FAULTS
+REORDER, DROP, IGNORE_CANCEL, FORGET_HISTORY, NO_HEARTBEAT = EVENTS_FAULTS
 FAULT_EVERY = 100  # reorder and drop act on a stream's 100th, 200th, ... log event
 REORDER_HOLD_MAX = 1.0  # seconds a held event waits for its successor
 
 
 def active(fault: str) -> bool:
     """Whether `fault` is one of the events service's."""
-    return fault in FAULTS
+    return fault in EVENTS_FAULTS
+
+
+def heartbeats(fault: str) -> bool:
+    """Whether streams send heartbeat events (not under no-heartbeat)."""
+    return fault != NO_HEARTBEAT
 
 
 def store_data_dir(fault: str, data_dir: str) -> str:
