@@ -9,7 +9,7 @@ import asyncio
 import grpc
 import pytest
 
-from conftest import eventually
+from conftest import eventually, expect_error
 from polystream.config import ServerConfig
 from polystream.events.v1 import events_pb2 as pb
 from polystream.events.v1 import events_pb2_grpc as pb_grpc
@@ -155,7 +155,7 @@ async def test_forget_history_ignores_the_data_dir(tmp_path, open_channel, fault
 async def test_an_unknown_fault_is_refused_at_start():
     with pytest.raises(ValueError) as error:
         await raw_start_server(ServerConfig(host="127.0.0.1", port=0, fault="slow"))
-    assert str(error.value) == '--fault must be one of reorder, drop, ignore-cancel, forget-history, slow-reader=<ms>; got "slow"'
+    assert str(error.value) == '--fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat, wrong-status, strict-keepalive, slow-reader=<ms>; got "slow"'
 
 
 @pytest.mark.parametrize("fault", ["", "slow-reader=150"])
@@ -255,3 +255,93 @@ async def test_ignore_cancel_keeps_a_stream_cancelled_while_its_write_is_stuck(s
     await eventually(lambda: server.stats()[1] == 0 and server.events.active_streams == 0, what="the stream out of delivery")
     status = await stub.GetConnectionStatus(pb.SubscribeRequest(client_id="stuck"))
     assert (status.connected, status.active_streams) == (True, 1)
+
+
+@pytest.mark.parametrize("fault", ["", "no-heartbeat"])
+async def test_no_heartbeat_sends_no_heartbeats(start_server, open_channel, fault):
+    server = await start_server(fault=fault)
+    stub = pb_grpc.EventServiceStub(open_channel(server.address))
+    call = await subscribed(stub, "quiet", heartbeat_interval=1)
+    published = await publish(stub, 3)
+    events: list = []
+
+    async def read() -> None:
+        while True:
+            events.append(await call.read())
+
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(read(), 3.5)  # three heartbeat intervals
+    assert [e.sequence for e in events if e.sequence] == published, "log events are delivered as usual"
+    heartbeats = [e for e in events if e.type == "heartbeat"]
+    assert (len(heartbeats) == 0) if fault else (len(heartbeats) >= 2)
+    call.cancel()
+
+
+@pytest.mark.parametrize("fault", ["", "wrong-status"])
+async def test_wrong_status_replaces_invalid_argument_and_not_found_messages(start_server, open_channel, fault):
+    from polystream.updates.v1 import updates_pb2, updates_pb2_grpc
+    from polystream.vendor import grpc_health_v1_pb2 as health_pb
+    from polystream.vendor import grpc_health_v1_pb2_grpc as health_grpc
+
+    server = await start_server(fault=fault)
+    channel = open_channel(server.address)
+    events = pb_grpc.EventServiceStub(channel)
+    updates = updates_pb2_grpc.StreamServiceStub(channel)
+    health = health_grpc.HealthStub(channel)
+
+    def message(normal: str) -> str:
+        return "wrong-status fault" if fault else normal
+
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    await expect_error(events.Broadcast(pb.BroadcastRequest()), invalid, message("event is required"))  # unary
+    await expect_error(events.Subscribe(pb.SubscribeRequest()), invalid, message("client_id is required"))  # server stream
+    await expect_error(updates.WatchJobProgress(updates_pb2.JobRequest(job_id="nope")), grpc.StatusCode.NOT_FOUND, message('job "nope" not found'))
+    await expect_error(updates.CancelJob(updates_pb2.CancelJobRequest(job_id="")), invalid, message("job_id is required"))
+    await expect_error(health.Check(health_pb.HealthCheckRequest(service="nope")), grpc.StatusCode.NOT_FOUND, message("unknown service"))
+    # Other codes keep their message, and calls that succeed are unchanged.
+    assert (await events.Broadcast(pb.BroadcastRequest(event=pb.Event(type="t")))).sequence == 1
+
+
+def _pinging_every_second(open_channel, address: str) -> grpc.aio.Channel:
+    return open_channel(
+        address,
+        options=[
+            ("grpc.keepalive_time_ms", 1000),
+            ("grpc.keepalive_timeout_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_time_between_pings_ms", 1000),
+        ],
+    )
+
+
+@pytest.mark.parametrize("fault", ["", "strict-keepalive"])
+async def test_strict_keepalive_sends_a_client_pinging_every_second_away(start_server, open_channel, fault):
+    # keepalive-min-time 500ms lets 1 s pings through; strict-keepalive overrides it with 60 s.
+    server = await start_server(fault=fault, keepalive_min_time=0.5)
+    stub = pb_grpc.EventServiceStub(_pinging_every_second(open_channel, server.address))
+    call = await subscribed(stub, "idle")  # no events, the first heartbeat in 30 s: an idle stream
+
+    async def read_all() -> None:
+        while await call.read() is not grpc.aio.EOF:
+            pass
+
+    if fault:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await asyncio.wait_for(read_all(), 10)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    else:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(read_all(), 10)
+        call.cancel()
+
+
+@pytest.mark.parametrize("fault", ["wrong-status", "strict-keepalive"])
+async def test_a_server_fault_is_announced_in_the_servers_log(start_server, open_channel, fault):
+    from polystream.updates.v1 import updates_pb2, updates_pb2_grpc
+
+    server = await start_server(fault=fault)
+    stub = updates_pb2_grpc.StreamServiceStub(open_channel(server.address))
+    entries = [e async for e in stub.TailLogs(updates_pb2.LogRequest(log_level="warn", lines=100), timeout=5)]
+    announced = [e for e in entries if e.message == "SELF-TEST FAULT ACTIVE: this server is deliberately defective"]
+    assert [(e.level, e.service, e.fields["fault"]) for e in announced] == [("warn", "server", fault)]

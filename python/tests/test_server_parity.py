@@ -176,7 +176,7 @@ def run_serve(*args: str, env: dict | None = None) -> subprocess.CompletedProces
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=environ, timeout=30)
 
 
-FAULT_LIST = "reorder, drop, ignore-cancel, forget-history, slow-reader=<ms>"
+FAULT_LIST = "reorder, drop, ignore-cancel, forget-history, no-heartbeat, wrong-status, strict-keepalive, slow-reader=<ms>"
 BAD_FLAGS = [
     (["--port", "70000"], {}, "--port must be between 0 and 65535, got 70000"),
     (["--port", "-1"], {}, "--port must be between 0 and 65535, got -1"),
