@@ -7,6 +7,7 @@ package server
 
 import (
 	"context"
+	"math"
 	"time"
 
 	"google.golang.org/grpc"
@@ -37,6 +38,16 @@ func enforcementPolicy(cfg Config) keepalive.EnforcementPolicy {
 		return keepalive.EnforcementPolicy{MinTime: time.Minute, PermitWithoutStream: false}
 	}
 	return keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}
+}
+
+// serverParameters are the server's own keepalive pings. strict-keepalive
+// also stops them (as grpcio's defaults do), so an idle client has to ping
+// itself and meets the strict policy instead of being kept busy by the server.
+func serverParameters(cfg Config) keepalive.ServerParameters {
+	if cfg.Fault == FaultStrictKeepalive {
+		return keepalive.ServerParameters{Time: time.Duration(math.MaxInt64), Timeout: cfg.KeepaliveTimeout}
+	}
+	return keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}
 }
 
 // wrongStatus replaces the message of an INVALID_ARGUMENT or NOT_FOUND error.

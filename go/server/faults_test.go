@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"math"
 	"net"
 	"strings"
 	"sync"
@@ -139,5 +140,13 @@ func TestFaultStrictKeepaliveSendsGoAwayTooManyPings(t *testing.T) {
 	}
 	if p := enforcementPolicy(cfg); p.MinTime != time.Minute || p.PermitWithoutStream {
 		t.Fatalf("strict-keepalive policy %+v", p)
+	}
+	// The server's own pings stop too, so an idle client must ping and meets the policy.
+	if p := serverParameters(cfg); p.Time != time.Duration(math.MaxInt64) {
+		t.Fatalf("strict-keepalive server pings every %v", p.Time)
+	}
+	cfg.Fault = ""
+	if p := serverParameters(cfg); p.Time != cfg.KeepaliveTime {
+		t.Fatalf("server pings every %v, want %v", p.Time, cfg.KeepaliveTime)
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/polystream/polystream/go/chat"
@@ -176,7 +175,7 @@ func (s *Server) serverOptions(stats *rpcStats) []grpc.ServerOption {
 	cfg := s.cfg
 	logRPC := rpcLogger{log: s.log}
 	opts := []grpc.ServerOption{
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
+		grpc.KeepaliveParams(serverParameters(cfg)),
 		grpc.KeepaliveEnforcementPolicy(enforcementPolicy(cfg)),
 		grpc.MaxRecvMsgSize(cfg.MaxMessageSize),
 		grpc.MaxSendMsgSize(cfg.MaxMessageSize),

@@ -314,7 +314,7 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", config.max_message_size),
         ("grpc.max_send_message_length", config.max_message_size),
-        ("grpc.keepalive_time_ms", int(config.keepalive_time * 1000)),
+        ("grpc.keepalive_time_ms", server_faults.keepalive_time_ms(config.fault, int(config.keepalive_time * 1000))),
         ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout * 1000)),
         # Enforcement: clients may ping every keepalive-min-time, with or
         # without streams (grpcio's default of 5 min would answer Go clients'

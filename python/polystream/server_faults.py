@@ -8,7 +8,9 @@ module (the events service's faults are in services/events_faults.py):
                     the code is unchanged
   strict-keepalive  keepalive enforcement is strict: clients may ping only
                     every 60 s and only while a call is open, so a client
-                    pinging every second gets GOAWAY too_many_pings
+                    pinging every second gets GOAWAY too_many_pings; the
+                    server sends no keepalive pings of its own (as grpcio's
+                    defaults), so an idle client has to ping itself
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ STRICT_MIN_PING_MS = 60_000
 def active(fault: str) -> bool:
     """Whether `fault` is one of the server's own (announced by server.py)."""
     return fault in FAULTS
+
+
+NO_SERVER_PINGS_MS = 2**31 - 1  # grpcio's "never"
+
+
+def keepalive_time_ms(fault: str, keepalive_time_ms: int) -> int:
+    """The server's own keepalive ping interval."""
+    return NO_SERVER_PINGS_MS if fault == STRICT_KEEPALIVE else keepalive_time_ms
 
 
 def keepalive_enforcement(fault: str, min_ping_ms: int) -> tuple[int, int]:

@@ -345,3 +345,15 @@ async def test_a_server_fault_is_announced_in_the_servers_log(start_server, open
     entries = [e async for e in stub.TailLogs(updates_pb2.LogRequest(log_level="warn", lines=100), timeout=5)]
     announced = [e for e in entries if e.message == "SELF-TEST FAULT ACTIVE: this server is deliberately defective"]
     assert [(e.level, e.service, e.fields["fault"]) for e in announced] == [("warn", "server", fault)]
+
+
+def test_strict_keepalive_also_stops_the_servers_own_pings():
+    # Otherwise the server's pings keep an idle client busy and it never pings itself.
+    from polystream import server as server_module
+    from polystream.config import ServerConfig
+
+    def keepalive_time(fault: str) -> int:
+        return dict(server_module.server_options(ServerConfig(fault=fault)))["grpc.keepalive_time_ms"]
+
+    assert keepalive_time("") == 30_000
+    assert keepalive_time("strict-keepalive") == 2**31 - 1
