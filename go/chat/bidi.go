@@ -27,7 +27,7 @@ type inbound struct {
 // member's drop-only queue. The handler never waits for the receiver: a Recv
 // blocked on a silent client returns when the handler has ended the stream.
 func (s *Service) Chat(stream chatv1.ChatService_ChatServer) error {
-	ctx, done := s.streamCtx(stream.Context())
+	ctx, done := s.life.Stream(stream.Context())
 	defer done()
 
 	in := make(chan inbound, 16)
@@ -47,14 +47,14 @@ func (s *Service) Chat(stream chatv1.ChatService_ChatServer) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return s.endErr(ctx)
+			return s.life.Err(ctx)
 		case it, ok := <-in:
 			if !ok {
 				return nil // half-closed and every echo sent
 			}
 			if it.err != nil {
 				if ctx.Err() != nil {
-					return s.endErr(ctx)
+					return s.life.Err(ctx)
 				}
 				return it.err
 			}

@@ -60,7 +60,7 @@ func (s *Service) StreamMetrics(req *chatv1.MetricsRequest, stream chatv1.ChatSe
 	if instance == "" {
 		instance = s.instance
 	}
-	ctx, done := s.streamCtx(stream.Context())
+	ctx, done := s.life.Stream(stream.Context())
 	defer done()
 
 	sp := &sampler{stats: s.stats}
@@ -101,7 +101,7 @@ func (s *Service) StreamMetrics(req *chatv1.MetricsRequest, stream chatv1.ChatSe
 		}
 		select {
 		case <-ctx.Done():
-			return s.endErr(ctx)
+			return s.life.Err(ctx)
 		case <-t.C:
 		}
 	}

@@ -4,10 +4,8 @@
 package chat
 
 import (
-	"context"
 	"log/slog"
 	"os"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -15,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	chatv1 "github.com/polystream/polystream/go/gen/polystream/chat/v1"
+	"github.com/polystream/polystream/go/internal/lifetime"
 )
 
 // Stats are the server-wide counters StreamMetrics reports.
@@ -29,9 +28,12 @@ type Config struct {
 	Logger    *slog.Logger
 	Stats     func() Stats // server-wide counters for metrics; may be nil (then zeros)
 	Instance  string       // default instance_id label (hostname)
-	// Fault is a conformance fault (faults.go): `slow-reader=<ms>` or ""
-	// (the default: none). The server validates it; anything else is ignored.
-	Fault string
+	// UploadReadDelay > 0 makes UploadMessages wait that long before reading
+	// each message (the first included) and before noticing the half-close,
+	// so HTTP/2 flow control holds the uploader back at a steady pace; 0 (the
+	// default) = no wait. A testing knob (`--upload-read-delay`); the server
+	// validates its range.
+	UploadReadDelay time.Duration
 }
 
 // queueSize bounds each subscriber's room queue; a full queue drops (and
@@ -47,14 +49,11 @@ type Service struct {
 	stats     func() Stats
 	instance  string
 	rooms     *roomHub
-	// slowReader > 0: the slow-reader fault's delay before each upload read.
-	slowReader time.Duration
+	// uploadReadDelay > 0: the wait before each upload read.
+	uploadReadDelay time.Duration
 
-	// base is cancelled by Close so open streams end instead of outliving
-	// the service.
-	base      context.Context
-	cancel    context.CancelFunc
-	closeOnce sync.Once
+	// life ends with Close, and with it the open streams.
+	life *lifetime.Lifetime
 }
 
 // New returns a ready service.
@@ -77,12 +76,10 @@ func New(cfg Config) *Service {
 		stats:     cfg.Stats,
 		instance:  cfg.Instance,
 		rooms:     newRoomHub(),
+
+		uploadReadDelay: cfg.UploadReadDelay,
 	}
-	if d, ok, err := ParseSlowReader(cfg.Fault); ok && err == nil {
-		s.slowReader = d
-		s.log.Warn("SELF-TEST FAULT ACTIVE: this server is deliberately defective", "fault", cfg.Fault)
-	}
-	s.base, s.cancel = context.WithCancel(context.Background())
+	s.life = lifetime.New()
 	return s
 }
 
@@ -93,24 +90,8 @@ func (s *Service) Register(r grpc.ServiceRegistrar) {
 
 // Close ends the streams still open; it is safe to call more than once.
 func (s *Service) Close() error {
-	s.closeOnce.Do(s.cancel)
+	s.life.Close()
 	return nil
-}
-
-// streamCtx returns the stream's context, also cancelled when the service
-// closes; call the returned func when the handler ends.
-func (s *Service) streamCtx(ctx context.Context) (context.Context, func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(s.base, cancel)
-	return ctx, func() { stop(); cancel() }
-}
-
-// endErr turns a context ending into the status the client should see.
-func (s *Service) endErr(ctx context.Context) error {
-	if s.base.Err() != nil {
-		return status.Error(codes.Unavailable, "server is shutting down")
-	}
-	return status.FromContextError(ctx.Err()).Err()
 }
 
 func invalid(format string, args ...any) error {

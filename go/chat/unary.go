@@ -3,6 +3,7 @@ package chat
 import (
 	"context"
 	"io"
+	"time"
 
 	"google.golang.org/grpc/status"
 
@@ -20,11 +21,12 @@ func (s *Service) SendMessage(ctx context.Context, req *chatv1.SendMessageReques
 }
 
 // UploadMessages delivers each message to its room as it arrives; gRPC flow
-// control paces a fast uploader because nothing is buffered here.
+// control paces a fast uploader because nothing is buffered here. Under
+// Config.UploadReadDelay each read (the half-close's included) waits first.
 func (s *Service) UploadMessages(stream chatv1.ChatService_UploadMessagesServer) error {
 	var count int32
 	for {
-		if !s.slowRead(stream.Context()) {
+		if !s.uploadReadWait(stream.Context()) {
 			return status.FromContextError(stream.Context().Err()).Err()
 		}
 		in, err := stream.Recv()
@@ -41,5 +43,21 @@ func (s *Service) UploadMessages(stream chatv1.ChatService_UploadMessagesServer)
 		}
 		count++
 		s.rooms.deliver(room, msg, nil)
+	}
+}
+
+// uploadReadWait waits Config.UploadReadDelay before an upload's next read
+// (at once when it is 0); false when ctx ended first.
+func (s *Service) uploadReadWait(ctx context.Context) bool {
+	if s.uploadReadDelay <= 0 {
+		return true
+	}
+	t := time.NewTimer(s.uploadReadDelay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }

@@ -8,9 +8,15 @@ package events
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
 )
 
 // The faults this package implements.
@@ -20,10 +26,17 @@ const (
 	FaultIgnoreCancel  = "ignore-cancel"  // a stream whose context ended stays counted as active
 	FaultForgetHistory = "forget-history" // the log ignores DataDir: memory store, nothing kept across restarts
 	FaultNoHeartbeat   = "no-heartbeat"   // streams send no heartbeat events at all
+
+	FaultUnknownClientNotFound = "unknown-client-not-found" // GetConnectionStatus of a client without streams is NOT_FOUND
+	FaultDuplicateBroadcast    = "duplicate-broadcast"      // a repeated publisher id is appended again under a fresh id
+	FaultNoReplayGap           = "no-replay-gap"            // a resume from an unknown id sends no replay_gap event
+	FaultMiscountDrops         = "miscount-drops"           // every dropped marker's count is one too low
+	FaultUnboundedQueue        = "unbounded-queue"          // subscriber queues ignore QueueSize: never full
 )
 
 // Faults lists the accepted Config.Fault values ("" = none).
-var Faults = []string{FaultReorder, FaultDrop, FaultIgnoreCancel, FaultForgetHistory, FaultNoHeartbeat}
+var Faults = []string{FaultReorder, FaultDrop, FaultIgnoreCancel, FaultForgetHistory, FaultNoHeartbeat,
+	FaultUnknownClientNotFound, FaultDuplicateBroadcast, FaultNoReplayGap, FaultMiscountDrops, FaultUnboundedQueue}
 
 const (
 	// faultEvery: reorder and drop act on a stream's 100th, 200th, ... log event.
@@ -56,6 +69,52 @@ func (s *Service) keepCancelled() bool { return s.fault == FaultIgnoreCancel }
 // sendsHeartbeats tells whether streams send heartbeat events (not with
 // no-heartbeat; everything else, the heartbeat timer included, is unchanged).
 func (s *Service) sendsHeartbeats() bool { return s.fault != FaultNoHeartbeat }
+
+// unknownClient is GetConnectionStatus's answer for st: st itself, or
+// NOT_FOUND for a client without open streams under unknown-client-not-found.
+func (s *Service) unknownClient(st *eventsv1.ConnectionStatus) (*eventsv1.ConnectionStatus, error) {
+	if s.fault == FaultUnknownClientNotFound && !st.Connected {
+		return nil, status.Errorf(codes.NotFound, "client %q not found", st.ClientId)
+	}
+	return st, nil
+}
+
+// appendsRepeatedIDs tells whether publish appends an event whose id is
+// already in the log again, under a fresh id (duplicate-broadcast), instead
+// of answering with the original.
+func appendsRepeatedIDs(fault string) bool { return fault == FaultDuplicateBroadcast }
+
+// replayGap is the gap event a resume sends: none under no-replay-gap (the
+// replay itself is unchanged).
+func (s *Service) replayGap(gap *replayGap) *replayGap {
+	if s.fault == FaultNoReplayGap {
+		return nil
+	}
+	return gap
+}
+
+// miscountsDrops tells whether drop markers under-count (miscount-drops).
+func (s *Service) miscountsDrops() bool { return s.fault == FaultMiscountDrops }
+
+// markerCount is the count a polystream.dropped marker reports: one less
+// than the events it stands for under miscount-drops (ids, sequences and
+// events_dropped unchanged).
+func (d *delivery) markerCount(m *dropMarker) uint64 {
+	if d.miscountDrops {
+		return m.count - 1
+	}
+	return m.count
+}
+
+// subscriberQueueSize is the size of each subscriber's queue: unlimited
+// under unbounded-queue, so it never fills and no policy ever acts (the
+// queue's buffer grows on demand, it is not allocated up front).
+func (s *Service) subscriberQueueSize() int {
+	if s.fault == FaultUnboundedQueue {
+		return math.MaxInt
+	}
+	return s.queueSize
+}
 
 // newFaultDelivery returns the reorder/drop state of one stream, or nil
 // when neither fault is active (the normal path pays one nil check).

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 // Each self-test fault shows its effect over a real listener; without the
@@ -20,7 +23,8 @@ import (
 
 func TestFaultUnknownIsRefused(t *testing.T) {
 	_, err := New(Config{Fault: "x"})
-	want := `events: fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat; got "x"`
+	want := `events: fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat, ` +
+		`unknown-client-not-found, duplicate-broadcast, no-replay-gap, miscount-drops, unbounded-queue; got "x"`
 	if err == nil || err.Error() != want {
 		t.Fatalf("got %v, want %s", err, want)
 	}
@@ -32,7 +36,8 @@ func TestNoFaultByDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer svc.Close()
-	if svc.fault != "" || newFaultDelivery(svc.fault) != nil || svc.keepCancelled() || !svc.sendsHeartbeats() {
+	if svc.fault != "" || newFaultDelivery(svc.fault) != nil || svc.keepCancelled() || !svc.sendsHeartbeats() ||
+		svc.hub.repeatIDs || svc.miscountsDrops() || svc.subscriberQueueSize() != 256 || svc.replayGap(&replayGap{}) == nil {
 		t.Fatalf("a fault is active by default: %q", svc.fault)
 	}
 }
@@ -193,5 +198,143 @@ func TestFaultNoHeartbeatSendsNoHeartbeats(t *testing.T) {
 		if len(control) != 0 || got[0].Sequence != pub {
 			t.Fatalf("%s: got control %v, log %v; want only sequence %d", name, control, got, pub)
 		}
+	}
+}
+
+func TestFaultUnknownClientNotFound(t *testing.T) {
+	ts := startServer(t, Config{Fault: FaultUnknownClientNotFound})
+	statusErr := func(clientID string) error {
+		_, err := ts.client.GetConnectionStatus(ts.ctx, &eventsv1.SubscribeRequest{ClientId: clientID})
+		return err
+	}
+	grpctest.WantStatus(t, statusErr("nobody"), codes.NotFound, `client "nobody" not found`)
+
+	// A client with an open stream is answered as usual ...
+	_, cancel := ts.subscribe(ts.client, &eventsv1.SubscribeRequest{ClientId: "c"})
+	ts.waitFor("c connected", func() bool { return statusErr("c") == nil })
+	if st := ts.status("c"); !st.Connected || st.ActiveStreams != 1 {
+		t.Fatalf("status %v, want connected with 1 stream", st)
+	}
+	// ... and is unknown again once its stream is gone.
+	cancel()
+	ts.waitFor("c not found", func() bool { return status.Code(statusErr("c")) == codes.NotFound })
+	grpctest.WantStatus(t, statusErr("c"), codes.NotFound, `client "c" not found`)
+	grpctest.WantStatus(t, statusErr(""), codes.InvalidArgument, "client_id is required")
+}
+
+func TestFaultDuplicateBroadcastAppendsARepeatedIDAgain(t *testing.T) {
+	ts := startServer(t, Config{Fault: FaultDuplicateBroadcast})
+	s, _ := ts.subscribed(ts.client, &eventsv1.SubscribeRequest{ClientId: "c"})
+	first := ts.publish("order.placed", withID("order-1"))
+	again := ts.publish("order.placed", withID("order-1"), withData(`{"changed":true}`))
+	if first.EventId != "order-1" || first.Sequence != 1 || first.Recipients != 1 {
+		t.Fatalf("first %v", first)
+	}
+	uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	if !uuid.MatchString(again.EventId) || again.Sequence != 2 || again.Recipients != 1 {
+		t.Fatalf("repeat %v, want a fresh UUIDv4, sequence 2, 1 recipient (the fault)", again)
+	}
+	got, _ := recvLog(t, s, 2)
+	if got[0].Id != "order-1" || got[1].Id != again.EventId || got[1].Sequence != 2 || got[1].Data != `{"changed":true}` {
+		t.Fatalf("delivered %v then %v", got[0], got[1])
+	}
+}
+
+func TestFaultNoReplayGapSendsNoGapButStillReplays(t *testing.T) {
+	ts := startServer(t, Config{Fault: FaultNoReplayGap})
+	pub := publishN(ts, 3)
+	stream, _ := ts.subscribe(ts.client, &eventsv1.SubscribeRequest{ClientId: "g", LastEventId: "never-seen"})
+	got, control := recvLog(t, stream, 3)
+	if !slices.Equal(seqs(got), pub) {
+		t.Fatalf("replay %v, want %v", seqs(got), pub)
+	}
+	for _, ev := range control {
+		if ev.Type == typeReplayGap {
+			t.Fatalf("a replay_gap under no-replay-gap: %v", ev)
+		}
+	}
+	live := ts.publish("live")
+	if ev := recvSkippingHeartbeats(t, stream); ev.Id != live.EventId {
+		t.Fatalf("after the replay got %v, want the live event", ev)
+	}
+}
+
+func TestFaultMiscountDropsUndercountsEveryMarker(t *testing.T) {
+	ts := startServer(t, Config{Fault: FaultMiscountDrops, QueueSize: 4, Policy: DropNewest})
+	slow, _ := ts.subscribed(ts.dial(), &eventsv1.SubscribeRequest{ClientId: "slow"})
+	var p published
+	ts.publishUntil(&p, "drop", func() bool { return ts.status("slow").EventsDropped > 0 })
+	for range 5 { // refused too, merged into the same marker
+		p.add(ts.publish("big", withData(bigData)))
+	}
+
+	// Read until every sequence was delivered or stood for by a marker.
+	var spanned, markers uint64
+	for next := uint64(1); next <= p.last; {
+		ev, err := slow.Recv()
+		if err != nil {
+			t.Fatalf("waiting for sequence %d: %v", next, err)
+		}
+		switch {
+		case ev.Sequence > 0:
+			next = ev.Sequence + 1
+		case ev.Type == typeDropped:
+			md := ev.Metadata
+			count, _ := strconv.ParseUint(md["count"], 10, 64)
+			first, _ := strconv.ParseUint(md["first_dropped_sequence"], 10, 64)
+			last, _ := strconv.ParseUint(md["last_dropped_sequence"], 10, 64)
+			if first != next || last < first || md["first_dropped_id"] != p.ids[first] || md["last_dropped_id"] != p.ids[last] {
+				t.Fatalf("marker %v does not stand at the gap starting at %d", md, next)
+			}
+			if count != last-first {
+				t.Fatalf("marker count %d for %d..%d, want %d (one less, the fault)", count, first, last, last-first)
+			}
+			spanned += last - first + 1
+			markers++
+			next = last + 1
+		}
+	}
+	if markers == 0 {
+		t.Fatal("no polystream.dropped marker")
+	}
+	if st := ts.status("slow"); st.EventsDropped != spanned {
+		t.Fatalf("events_dropped %d, markers span %d: the counter must stay right", st.EventsDropped, spanned)
+	}
+}
+
+func TestFaultUnboundedQueueNeverFillsUnderAnyPolicy(t *testing.T) {
+	for _, policy := range []Policy{Disconnect, DropNewest, DropOldest, Block} {
+		t.Run(policy.String(), func(t *testing.T) {
+			ts := startServer(t, Config{Fault: FaultUnboundedQueue, QueueSize: 4, Policy: policy, PublishTimeout: 200 * time.Millisecond})
+			slow, _ := ts.subscribed(ts.dial(), &eventsv1.SubscribeRequest{ClientId: "slow"})
+			// 40 × 16 KiB: far more than the stalled client's 64 KiB window
+			// plus a queue of 4 (the correct server drops, blocks or disconnects).
+			var p published
+			for range 40 {
+				p.add(ts.publish("big", withData(bigData)))
+			}
+			if n := queuedEvents(ts.svc, "slow"); n <= 4 {
+				t.Fatalf("%d events queued, want more than --queue-size 4", n)
+			}
+			if st := ts.status("slow"); st.ActiveStreams != 1 || st.EventsDropped != 0 {
+				t.Fatalf("status %v: want still connected, nothing dropped", st)
+			}
+			for s, r := range p.recipients {
+				if r != 1 {
+					t.Fatalf("event %d: recipients %d, want 1", s, r)
+				}
+			}
+			got, control := recvLog(t, slow, 40)
+			for i, ev := range got {
+				if ev.Sequence != uint64(i+1) {
+					t.Fatalf("got %v, want 1..40 in order", seqs(got))
+				}
+			}
+			for _, ev := range control {
+				if ev.Type != typeHeartbeat {
+					t.Fatalf("unexpected %v", ev)
+				}
+			}
+		})
 	}
 }

@@ -13,6 +13,8 @@ type hub struct {
 	policy         Policy
 	publishTimeout time.Duration
 	clients        *clients
+	// repeatIDs: the duplicate-broadcast self-test fault (faults.go).
+	repeatIDs bool
 
 	// publishMu lets one publish fan out at a time, so every queue receives
 	// events in log order; a Block publisher holds it while it waits, which
@@ -101,8 +103,11 @@ func (h *hub) publish(r *record) (publishResult, error) {
 		return publishResult{}, errLogClosed
 	}
 	if old, ok := h.log.byID[r.id]; ok {
-		h.mu.Unlock()
-		return publishResult{id: old.id, seq: old.seq}, nil // idempotent: nothing delivered
+		if !h.repeatIDs {
+			h.mu.Unlock()
+			return publishResult{id: old.id, seq: old.seq}, nil // idempotent: nothing delivered
+		}
+		r.id = newUUID() // duplicate-broadcast fault: a new event after all
 	}
 	if err := h.log.append(r); err != nil {
 		h.mu.Unlock()

@@ -94,6 +94,7 @@ func New(cfg Config) (*Service, error) {
 			publishTimeout: cfg.PublishTimeout,
 			clients:        newClients(),
 			log:            l,
+			repeatIDs:      appendsRepeatedIDs(cfg.Fault),
 		},
 		queueSize: cfg.QueueSize,
 		log:       logger,
@@ -161,7 +162,7 @@ func (s *Service) GetConnectionStatus(_ context.Context, req *eventsv1.Subscribe
 	if req.GetClientId() == "" {
 		return nil, errClientIDRequired
 	}
-	return s.hub.clients.status(req.GetClientId()), nil
+	return s.unknownClient(s.hub.clients.status(req.GetClientId()))
 }
 
 var errClientIDRequired = status.Error(codes.InvalidArgument, "client_id is required")

@@ -46,8 +46,9 @@ func (s *Service) serve(stream eventStream, req *eventsv1.SubscribeRequest, recv
 		return err
 	}
 	ctx := stream.Context()
-	sub := newSubscriber(req.GetClientId(), sr.filter, sr.channel, s.queueSize)
+	sub := newSubscriber(req.GetClientId(), sr.filter, sr.channel, s.subscriberQueueSize())
 	replay, gap := s.hub.subscribe(sub, req.GetLastEventId() != "", req.GetLastEventId())
+	gap = s.replayGap(gap)
 	keep := false // ignore-cancel fault: stay counted after the context ended
 	defer func() { s.hub.unsubscribe(sub, keep) }()
 	s.log.Debug("subscribed", "client_id", sub.clientID, "channel", sr.channel,
@@ -61,7 +62,7 @@ func (s *Service) serve(stream eventStream, req *eventsv1.SubscribeRequest, recv
 		return err
 	}
 	d := &delivery{stream: stream, sub: sub, channel: sr.channel, interval: sr.heartbeat, acks: make(chan struct{}, 1),
-		faults: newFaultDelivery(s.fault), noHeartbeats: !s.sendsHeartbeats()}
+		faults: newFaultDelivery(s.fault), noHeartbeats: !s.sendsHeartbeats(), miscountDrops: s.miscountsDrops()}
 	done := make(chan error, 2)
 	go func() { done <- d.run(ctx, replay, gap) }()
 	if recv != nil {
@@ -130,6 +131,8 @@ type delivery struct {
 	faults     *faultDelivery // nil unless a self-test fault is active (faults.go)
 	// noHeartbeats: the no-heartbeat self-test fault (faults.go).
 	noHeartbeats bool
+	// miscountDrops: the miscount-drops self-test fault (faults.go).
+	miscountDrops bool
 }
 
 func (d *delivery) run(ctx context.Context, replay []*record, gap *replayGap) error {
@@ -191,7 +194,7 @@ func (d *delivery) sendEntry(e entry) error {
 	case e.drop != nil:
 		m := e.drop
 		return d.stream.Send(d.control(typeDropped, map[string]string{
-			"count":                  strconv.FormatUint(m.count, 10),
+			"count":                  strconv.FormatUint(d.markerCount(m), 10),
 			"first_dropped_id":       m.first.id,
 			"last_dropped_id":        m.last.id,
 			"first_dropped_sequence": strconv.FormatUint(m.first.seq, 10),

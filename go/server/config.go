@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/polystream/polystream/go/chat"
 	"github.com/polystream/polystream/go/events"
 )
 
@@ -35,6 +34,10 @@ type Config struct {
 	// InitialWindowSize > 0 fixes the HTTP/2 stream and connection
 	// flow-control windows (bytes); 0 = grpc-go's dynamic, BDP-probed ones.
 	InitialWindowSize int
+	// UploadReadDelay > 0 makes UploadMessages wait that long before each
+	// read (a testing knob: the conformance harness's steady slow reader);
+	// 0 = none, at most MaxUploadReadDelay.
+	UploadReadDelay time.Duration
 	// Fault is a deliberate defect for the conformance harness's self-test
 	// only ("" = none; Faults lists the names; docs/contract.md, "Fault
 	// modes (self-test only)").
@@ -43,17 +46,13 @@ type Config struct {
 
 // Faults lists the accepted --fault values (docs/contract.md, "Fault modes
 // (self-test only)"): the events service's self-test faults
-// (go/events/faults.go), the server's own (faults.go) and chat's
-// slow-reader=<ms> (go/chat/faults.go).
-var Faults = slices.Concat(events.Faults, serverFaults, []string{chat.FaultSlowReader + "=<ms>"})
+// (go/events/faults.go) and the server's own (faults.go).
+var Faults = slices.Concat(events.Faults, serverFaults)
 
 // checkFault refuses a --fault value no service implements.
 func checkFault(fault string) error {
-	if fault == "" || slices.Contains(events.Faults, fault) || slices.Contains(serverFaults, fault) {
+	if fault == "" || slices.Contains(Faults, fault) {
 		return nil
-	}
-	if _, ok, err := chat.ParseSlowReader(fault); ok {
-		return err
 	}
 	return fmt.Errorf("--fault must be one of %s; got %q", strings.Join(Faults, ", "), fault)
 }
@@ -64,6 +63,9 @@ const (
 	MinWindowSize = 65535
 	MaxWindowSize = 1<<31 - 1
 )
+
+// MaxUploadReadDelay bounds --upload-read-delay.
+const MaxUploadReadDelay = time.Minute
 
 // Policies lists the accepted --backpressure values.
 var Policies = []string{"drop-newest", "drop-oldest", "block", "disconnect"}
@@ -139,6 +141,7 @@ func newFlagSet(cfg *Config) *flag.FlagSet {
 	fs.DurationVar(&cfg.ChatKeepAlive, "chat-keepalive", cfg.ChatKeepAlive, "interval of keep-alive messages in Chat")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "minimum log level: "+strings.Join(LogLevels, ", "))
 	fs.IntVar(&cfg.InitialWindowSize, "initial-window-size", cfg.InitialWindowSize, "fixed HTTP/2 stream and connection windows, bytes; 0 = dynamic (BDP probing)")
+	fs.DurationVar(&cfg.UploadReadDelay, "upload-read-delay", cfg.UploadReadDelay, "testing knob: UploadMessages waits this long before reading each message; 0 = none, at most "+MaxUploadReadDelay.String())
 	fs.StringVar(&cfg.Fault, "fault", cfg.Fault, "conformance self-test only: a deliberate defect, one of "+strings.Join(Faults, ", "))
 	return fs
 }
@@ -189,6 +192,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--max-concurrent-streams must be >= 0, got %d", c.MaxConcurrentStreams)
 	case c.InitialWindowSize != 0 && (c.InitialWindowSize < MinWindowSize || c.InitialWindowSize > MaxWindowSize):
 		return fmt.Errorf("--initial-window-size must be 0 or between %d and %d, got %d", MinWindowSize, MaxWindowSize, c.InitialWindowSize)
+	case c.UploadReadDelay < 0 || c.UploadReadDelay > MaxUploadReadDelay:
+		return fmt.Errorf("--upload-read-delay must be between 0s and %s, got %s", MaxUploadReadDelay, c.UploadReadDelay)
 	case checkFault(c.Fault) != nil:
 		return checkFault(c.Fault)
 	}

@@ -18,8 +18,8 @@ func TestParseFlagsDefaults(t *testing.T) {
 	if cfg != DefaultConfig() {
 		t.Fatalf("got %+v, want the defaults %+v", cfg, DefaultConfig())
 	}
-	if cfg.Fault != "" || cfg.InitialWindowSize != 0 {
-		t.Fatalf("a fault or fixed windows by default: %+v", cfg)
+	if cfg.Fault != "" || cfg.InitialWindowSize != 0 || cfg.UploadReadDelay != 0 {
+		t.Fatalf("a fault, fixed windows or an upload read delay by default: %+v", cfg)
 	}
 	if cfg.Port != 50051 || cfg.Backpressure != "disconnect" || cfg.MaxMessageSize != 4194304 || cfg.KeepaliveMinTime != 5*time.Second {
 		t.Fatalf("defaults differ from docs/contract.md: %+v", cfg)
@@ -38,6 +38,7 @@ func TestParseFlagsFlagBeatsEnv(t *testing.T) {
 		"POLYSTREAM_CHAT_KEEPALIVE":      "500ms",
 		"POLYSTREAM_DATA_DIR":            "/tmp/x",
 		"POLYSTREAM_MAX_MESSAGE_SIZE":    "1024",
+		"POLYSTREAM_UPLOAD_READ_DELAY":   "250ms",
 	}
 	cfg, err := ParseFlags([]string{"--port", "0", "--queue-size=3", "-shutdown-grace", "1s"}, env(vars))
 	if err != nil {
@@ -47,7 +48,7 @@ func TestParseFlagsFlagBeatsEnv(t *testing.T) {
 		t.Errorf("flags did not win: %+v", cfg)
 	}
 	if cfg.Backpressure != "block" || cfg.Fault != "drop" || cfg.InitialWindowSize != 65536 || cfg.KeepaliveTime != time.Minute ||
-		cfg.ChatKeepAlive != 500*time.Millisecond || cfg.DataDir != "/tmp/x" || cfg.MaxMessageSize != 1024 {
+		cfg.ChatKeepAlive != 500*time.Millisecond || cfg.DataDir != "/tmp/x" || cfg.MaxMessageSize != 1024 || cfg.UploadReadDelay != 250*time.Millisecond {
 		t.Errorf("variables not applied: %+v", cfg)
 	}
 }
@@ -64,9 +65,13 @@ func TestParseFlagsRejectsBadInput(t *testing.T) {
 		{[]string{"--log-level", "verbose"}, nil, `--log-level must be one of debug, info, warn, error; got "verbose"`},
 		{[]string{"--port", "70000"}, nil, "--port must be between 0 and 65535, got 70000"},
 		{[]string{"--shutdown-grace", "0s"}, nil, "--shutdown-grace must be > 0, got 0s"},
-		{[]string{"--fault", "x"}, nil, `--fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat, wrong-status, strict-keepalive, slow-reader=<ms>; got "x"`},
-		{nil, map[string]string{"POLYSTREAM_FAULT": "slow"}, `--fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat, wrong-status, strict-keepalive, slow-reader=<ms>; got "slow"`},
-		{[]string{"--fault", "slow-reader=0"}, nil, `--fault slow-reader=<ms> needs milliseconds between 1 and 60000, got "slow-reader=0"`},
+		{[]string{"--fault", "x"}, nil, `--fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat, unknown-client-not-found, duplicate-broadcast, no-replay-gap, miscount-drops, unbounded-queue, wrong-status, strict-keepalive, skip-sequence, lose-request, no-metadata, abrupt-shutdown, unbounded-window; got "x"`},
+		{nil, map[string]string{"POLYSTREAM_FAULT": "slow"}, `--fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat, unknown-client-not-found, duplicate-broadcast, no-replay-gap, miscount-drops, unbounded-queue, wrong-status, strict-keepalive, skip-sequence, lose-request, no-metadata, abrupt-shutdown, unbounded-window; got "slow"`},
+		{[]string{"--fault", "slow-reader=100"}, nil, `--fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat, unknown-client-not-found, duplicate-broadcast, no-replay-gap, miscount-drops, unbounded-queue, wrong-status, strict-keepalive, skip-sequence, lose-request, no-metadata, abrupt-shutdown, unbounded-window; got "slow-reader=100"`},
+		{[]string{"--upload-read-delay", "2m"}, nil, "--upload-read-delay must be between 0s and 1m0s, got 2m0s"},
+		{[]string{"--upload-read-delay", "-1s"}, nil, "--upload-read-delay must be between 0s and 1m0s, got -1s"},
+		{nil, map[string]string{"POLYSTREAM_UPLOAD_READ_DELAY": "61s"}, "--upload-read-delay must be between 0s and 1m0s, got 1m1s"},
+		{[]string{"--upload-read-delay", "100"}, nil, `invalid value "100" for flag -upload-read-delay`},
 		{[]string{"--initial-window-size", "-1"}, nil, "--initial-window-size must be 0 or between 65535 and 2147483647, got -1"},
 		{[]string{"--initial-window-size", "1000"}, nil, "--initial-window-size must be 0 or between 65535 and 2147483647, got 1000"},
 		{[]string{"--initial-window-size", "2147483648"}, nil, "--initial-window-size must be 0 or between 65535 and 2147483647, got 2147483648"},
@@ -84,9 +89,29 @@ func TestParseFlagsRejectsBadInput(t *testing.T) {
 }
 
 func TestParseFlagsAcceptsEveryFault(t *testing.T) {
-	for _, fault := range []string{"", "reorder", "drop", "ignore-cancel", "forget-history", "no-heartbeat", "wrong-status", "strict-keepalive", "slow-reader=5"} {
+	for _, fault := range []string{"", "reorder", "drop", "ignore-cancel", "forget-history", "no-heartbeat", "unknown-client-not-found", "duplicate-broadcast", "no-replay-gap", "miscount-drops", "unbounded-queue", "wrong-status", "strict-keepalive", "skip-sequence", "lose-request", "no-metadata", "abrupt-shutdown", "unbounded-window"} {
 		if cfg, err := ParseFlags([]string{"--fault", fault}, env(nil)); err != nil || cfg.Fault != fault {
 			t.Errorf("--fault %q: %v %v", fault, cfg.Fault, err)
+		}
+	}
+}
+
+func TestParseFlagsUploadReadDelay(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		vars map[string]string
+		want time.Duration
+	}{
+		{nil, nil, 0},
+		{[]string{"--upload-read-delay", "0s"}, nil, 0},
+		{[]string{"--upload-read-delay", "100ms"}, nil, 100 * time.Millisecond},
+		{[]string{"--upload-read-delay=1m"}, nil, time.Minute},
+		{nil, map[string]string{"POLYSTREAM_UPLOAD_READ_DELAY": "5ms"}, 5 * time.Millisecond},
+		{[]string{"--upload-read-delay", "1s"}, map[string]string{"POLYSTREAM_UPLOAD_READ_DELAY": "2m"}, time.Second}, // the flag wins
+	} {
+		cfg, err := ParseFlags(tc.args, env(tc.vars))
+		if err != nil || cfg.UploadReadDelay != tc.want {
+			t.Errorf("ParseFlags(%q, %v): %v %v, want %v", tc.args, tc.vars, cfg.UploadReadDelay, err, tc.want)
 		}
 	}
 }
@@ -97,8 +122,13 @@ func TestHelpAndUsage(t *testing.T) {
 	}
 	var usage strings.Builder
 	Usage(&usage)
-	if !strings.Contains(usage.String(), "-keepalive-min-time") {
-		t.Fatalf("usage lacks a flag:\n%s", usage.String())
+	for _, flag := range []string{"-keepalive-min-time", "-upload-read-delay"} {
+		if !strings.Contains(usage.String(), flag) {
+			t.Fatalf("usage lacks %s:\n%s", flag, usage.String())
+		}
+	}
+	if strings.Contains(usage.String(), "slow-reader") {
+		t.Fatalf("usage still offers slow-reader:\n%s", usage.String())
 	}
 }
 

@@ -79,11 +79,14 @@ func (s *rpcStats) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInf
 
 // rpcLogger logs one info record "rpc" (method, code) as each RPC ends;
 // TailLogs serves these records.
-type rpcLogger struct{ log *slog.Logger }
+type rpcLogger struct {
+	log   *slog.Logger
+	fault string // ignore-cancel logs client-ended calls as OK (faults.go)
+}
 
 func (l rpcLogger) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	resp, err := handler(ctx, req)
-	l.log.Info("rpc", "method", info.FullMethod, "code", codenames.Name(status.Code(err)))
+	l.log.Info("rpc", "method", info.FullMethod, "code", codenames.Name(loggedCode(l.fault, status.Code(err))))
 	return resp, err
 }
 
@@ -96,6 +99,6 @@ func (l rpcLogger) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServer
 	if ctxErr := ss.Context().Err(); ctxErr != nil && endedByCancel(err) {
 		code = status.FromContextError(ctxErr).Code()
 	}
-	l.log.Info("rpc", "method", info.FullMethod, "code", codenames.Name(code))
+	l.log.Info("rpc", "method", info.FullMethod, "code", codenames.Name(loggedCode(l.fault, code)))
 	return err
 }

@@ -112,7 +112,7 @@ func TestStartRefusesAnUnknownFault(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Fault = "x"
 	_, err := Start(cfg, io.Discard)
-	want := `--fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat, wrong-status, strict-keepalive, slow-reader=<ms>; got "x"`
+	want := `--fault must be one of reorder, drop, ignore-cancel, forget-history, no-heartbeat, unknown-client-not-found, duplicate-broadcast, no-replay-gap, miscount-drops, unbounded-queue, wrong-status, strict-keepalive, skip-sequence, lose-request, no-metadata, abrupt-shutdown, unbounded-window; got "x"`
 	if err == nil || err.Error() != want {
 		t.Fatalf("Start: %v, want %s", err, want)
 	}
@@ -161,11 +161,11 @@ func TestFaultFlagReachesTheEventsService(t *testing.T) {
 	}
 }
 
-// --fault slow-reader=<ms> reaches the chat service: an upload of 3
-// messages takes at least 3 × 100 ms (go/chat tests it in detail).
-func TestSlowReaderFaultReachesTheChatService(t *testing.T) {
+// --upload-read-delay reaches the chat service: an upload of 3 messages
+// takes at least 3 × 100 ms (go/chat tests it in detail).
+func TestUploadReadDelayReachesTheChatService(t *testing.T) {
 	cfg := testConfig(t)
-	cfg.Fault = "slow-reader=100"
+	cfg.UploadReadDelay = 100 * time.Millisecond
 	srv, _ := startServer(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -183,6 +183,6 @@ func TestSlowReaderFaultReachesTheChatService(t *testing.T) {
 		t.Fatalf("upload: %v %v", r, err)
 	}
 	if took := time.Since(began); took < 300*time.Millisecond {
-		t.Fatalf("upload of 3 took %v, want >= 300ms under slow-reader=100", took)
+		t.Fatalf("upload of 3 took %v, want >= 300ms under --upload-read-delay 100ms", took)
 	}
 }

@@ -141,11 +141,11 @@ func (s *Server) startServices(logger *slog.Logger, logs *updates.LogRing) error
 	stats := &rpcStats{}
 	instance, _ := os.Hostname()
 	chatService := chat.New(chat.Config{
-		KeepAlive: cfg.ChatKeepAlive,
-		Logger:    logger.With("service", "chat"),
-		Stats:     stats.snapshot,
-		Instance:  instance,
-		Fault:     cfg.Fault, // chat acts only on slow-reader=<ms>
+		KeepAlive:       cfg.ChatKeepAlive,
+		Logger:          logger.With("service", "chat"),
+		Stats:           stats.snapshot,
+		Instance:        instance,
+		UploadReadDelay: cfg.UploadReadDelay,
 	})
 	s.services = append(s.services, chatService)
 
@@ -173,29 +173,34 @@ func eventsFault(fault string) string {
 
 func (s *Server) serverOptions(stats *rpcStats) []grpc.ServerOption {
 	cfg := s.cfg
-	logRPC := rpcLogger{log: s.log}
+	logRPC := rpcLogger{log: s.log, fault: cfg.Fault}
+	// Logging is outermost so it records the final code, after the
+	// shutdown interceptor has turned a cancelled stream into UNAVAILABLE.
+	unary := []grpc.UnaryServerInterceptor{logRPC.unary, stats.unary}
+	stream := []grpc.StreamServerInterceptor{logRPC.stream, stats.stream, shutdownInterceptor(s.shuttingDown)}
+	// The echo sets header and trailer before any handler or fault runs, so
+	// every status the chain ends with carries them (metadata.go).
+	if echoesMetadata(cfg) {
+		unary, stream = append(unary, echoMetadataUnary), append(stream, echoMetadataStream)
+	}
+	faultUnary, faultStream := faultInterceptors(cfg.Fault)
 	opts := []grpc.ServerOption{
 		grpc.KeepaliveParams(serverParameters(cfg)),
 		grpc.KeepaliveEnforcementPolicy(enforcementPolicy(cfg)),
 		grpc.MaxRecvMsgSize(cfg.MaxMessageSize),
 		grpc.MaxSendMsgSize(cfg.MaxMessageSize),
-		// Logging is outermost so it records the final code, after the
-		// shutdown interceptor has turned a cancelled stream into UNAVAILABLE.
-		grpc.ChainUnaryInterceptor(logRPC.unary, stats.unary),
-		grpc.ChainStreamInterceptor(logRPC.stream, stats.stream, shutdownInterceptor(s.shuttingDown)),
-	}
-	if cfg.Fault == FaultWrongStatus {
-		opts = append(opts, grpc.ChainUnaryInterceptor(wrongStatusUnary), grpc.ChainStreamInterceptor(wrongStatusStream))
+		grpc.ChainUnaryInterceptor(append(unary, faultUnary...)...),
+		grpc.ChainStreamInterceptor(append(stream, faultStream...)...),
 	}
 	if cfg.MaxConcurrentStreams > 0 {
 		opts = append(opts, grpc.MaxConcurrentStreams(uint32(cfg.MaxConcurrentStreams)))
 	}
-	if cfg.InitialWindowSize > 0 {
+	if w := windowSize(cfg); w > 0 {
 		// Fixed windows turn off grpc-go's BDP estimation, so flow control
 		// is deterministic (the conformance suite's flow-control checks).
 		opts = append(opts,
-			grpc.InitialWindowSize(int32(cfg.InitialWindowSize)),
-			grpc.InitialConnWindowSize(int32(cfg.InitialWindowSize)))
+			grpc.InitialWindowSize(int32(w)),
+			grpc.InitialConnWindowSize(int32(w)))
 	}
 	return opts
 }
@@ -212,25 +217,15 @@ func (s *Server) Addr() string {
 
 // Shutdown marks every service NOT_SERVING, ends open streams with
 // UNAVAILABLE, lets unary calls finish for up to cfg.ShutdownGrace, then
-// stops hard and closes the services. It is safe to call more than once.
+// stops hard and closes the services (under the abrupt-shutdown fault it
+// stops hard at once). It is safe to call more than once.
 func (s *Server) Shutdown() error {
 	s.shutdownOnce.Do(func() {
-		s.log.Info("shutting down", "grace", s.cfg.ShutdownGrace.String())
-		s.health.Shutdown()
-		s.beginStop()
-		stopped := make(chan struct{})
-		go func() {
-			s.grpc.GracefulStop()
-			close(stopped)
-		}()
-		timer := time.NewTimer(s.cfg.ShutdownGrace)
-		defer timer.Stop()
-		select {
-		case <-stopped:
-		case <-timer.C:
-			s.log.Warn("shutdown grace expired; closing remaining connections")
+		if stopsAbruptly(s.cfg) {
+			s.log.Info("stopping at once (abrupt-shutdown fault)")
 			s.grpc.Stop()
-			<-stopped
+		} else {
+			s.stopGracefully()
 		}
 		if err := <-s.serveResult; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			s.shutdownErr = err
@@ -239,6 +234,29 @@ func (s *Server) Shutdown() error {
 		s.log.Info("stopped")
 	})
 	return s.shutdownErr
+}
+
+// stopGracefully marks health NOT_SERVING, ends streams through the
+// shutdown interceptor and waits up to ShutdownGrace for calls to finish,
+// then closes what is left.
+func (s *Server) stopGracefully() {
+	s.log.Info("shutting down", "grace", s.cfg.ShutdownGrace.String())
+	s.health.Shutdown()
+	s.beginStop()
+	stopped := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(stopped)
+	}()
+	timer := time.NewTimer(s.cfg.ShutdownGrace)
+	defer timer.Stop()
+	select {
+	case <-stopped:
+	case <-timer.C:
+		s.log.Warn("shutdown grace expired; closing remaining connections")
+		s.grpc.Stop()
+		<-stopped
+	}
 }
 
 func (s *Server) closeServices() error {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	updatesv1 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
+	"github.com/polystream/polystream/go/internal/lifetime"
 )
 
 const (
@@ -83,7 +84,7 @@ func (m *jobManager) start(name string, steps, stepMS, failAt int) (*job, error)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return nil, errClosing
+		return nil, lifetime.ErrShuttingDown
 	}
 	if len(m.jobs)-len(m.finished) >= maxRunningJobs {
 		return nil, status.Errorf(codes.ResourceExhausted, "too many running jobs (%d)", maxRunningJobs)
@@ -253,7 +254,7 @@ func (s *Service) WatchJobProgress(req *updatesv1.JobRequest, stream updatesv1.S
 	if err != nil {
 		return err
 	}
-	ctx, done := s.streamCtx(stream.Context())
+	ctx, done := s.life.Stream(stream.Context())
 	defer done()
 	var sent, seq uint64
 	for {
@@ -277,7 +278,7 @@ func (s *Service) WatchJobProgress(req *updatesv1.JobRequest, stream updatesv1.S
 		}
 		select {
 		case <-ctx.Done():
-			return s.endErr(ctx) // the watcher leaves; the job runs on
+			return s.life.Err(ctx) // the watcher leaves; the job runs on
 		case <-changed:
 		}
 	}

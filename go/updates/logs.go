@@ -22,7 +22,7 @@ func (s *Service) TailLogs(req *updatesv1.LogRequest, stream updatesv1.StreamSer
 	match := func(r *logRecord) bool {
 		return levelRank[r.level] >= minRank && (req.GetServiceName() == "" || r.service == req.GetServiceName())
 	}
-	ctx, done := s.streamCtx(stream.Context())
+	ctx, done := s.life.Stream(stream.Context())
 	defer done()
 
 	var seq uint64
@@ -67,7 +67,7 @@ func (s *Service) TailLogs(req *updatesv1.LogRequest, stream updatesv1.StreamSer
 	for {
 		select {
 		case <-ctx.Done():
-			return s.endErr(ctx)
+			return s.life.Err(ctx)
 		case <-changed:
 		}
 		var recs []logRecord

@@ -168,7 +168,7 @@ func (s *Service) StreamQueryResults(req *updatesv1.QueryRequest, stream updates
 
 	// Every step runs under the stream's context: a client that goes away
 	// interrupts SQLite (QueryContext), it does not leave the query running.
-	ctx, done := s.streamCtx(stream.Context())
+	ctx, done := s.life.Stream(stream.Context())
 	defer done()
 	s.query.active.Add(1)
 	defer s.query.active.Add(-1)
@@ -266,7 +266,7 @@ func (s *Service) StreamQueryResults(req *updatesv1.QueryRequest, stream updates
 // error, which is the client's mistake.
 func (s *Service) queryErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
-		return s.endErr(ctx)
+		return s.life.Err(ctx)
 	}
 	return invalid("query failed: %s", sqliteMessage(err))
 }

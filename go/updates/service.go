@@ -4,7 +4,6 @@
 package updates
 
 import (
-	"context"
 	"errors"
 	"log/slog"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	updatesv1 "github.com/polystream/polystream/go/gen/polystream/updates/v1"
+	"github.com/polystream/polystream/go/internal/lifetime"
 )
 
 // Config configures a Service.
@@ -35,10 +35,8 @@ type Service struct {
 	query  *queryDB
 	jobs   *jobManager
 
-	// base is cancelled by Close so long-lived streams end instead of
-	// outliving the service.
-	base      context.Context
-	cancel    context.CancelFunc
+	// life ends with Close, and with it the long-lived streams.
+	life      *lifetime.Lifetime
 	closeOnce sync.Once
 	tmpDir    string
 }
@@ -60,7 +58,7 @@ func New(cfg Config) (*Service, error) {
 		logs:   cfg.Logs,
 		topics: newTopicHub(cfg.QueueSize),
 	}
-	s.base, s.cancel = context.WithCancel(context.Background())
+	s.life = lifetime.New()
 	dir := cfg.DataDir
 	if dir == "" {
 		d, err := os.MkdirTemp("", "polystream-query-")
@@ -71,7 +69,7 @@ func New(cfg Config) (*Service, error) {
 	}
 	q, err := openQueryDB(dir)
 	if err != nil {
-		s.cancel()
+		s.life.Close()
 		if s.tmpDir != "" {
 			os.RemoveAll(s.tmpDir)
 		}
@@ -91,7 +89,7 @@ func (s *Service) Register(r grpc.ServiceRegistrar) {
 func (s *Service) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
-		s.cancel()
+		s.life.Close()
 		s.jobs.close()
 		err = s.query.close()
 		if s.tmpDir != "" {
@@ -101,25 +99,6 @@ func (s *Service) Close() error {
 		}
 	})
 	return err
-}
-
-// errClosing ends a stream that is still open when the service closes.
-var errClosing = status.Error(codes.Unavailable, "server is shutting down")
-
-// streamCtx returns the stream's context, also cancelled when the service
-// closes; call the returned func when the handler ends.
-func (s *Service) streamCtx(ctx context.Context) (context.Context, func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(s.base, cancel)
-	return ctx, func() { stop(); cancel() }
-}
-
-// endErr turns a context ending into the status the client should see.
-func (s *Service) endErr(ctx context.Context) error {
-	if s.base.Err() != nil {
-		return errClosing
-	}
-	return status.FromContextError(ctx.Err()).Err()
 }
 
 func invalid(format string, args ...any) error {

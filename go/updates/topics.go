@@ -103,7 +103,7 @@ func (s *Service) SubscribeToUpdates(req *updatesv1.SubscribeRequest, stream upd
 	if len(topics) == 0 {
 		return invalid("at least one topic is required")
 	}
-	ctx, done := s.streamCtx(stream.Context())
+	ctx, done := s.life.Stream(stream.Context())
 	defer done()
 
 	sub := s.topics.subscribe(topics)
@@ -117,7 +117,7 @@ func (s *Service) SubscribeToUpdates(req *updatesv1.SubscribeRequest, stream upd
 	for {
 		select {
 		case <-ctx.Done():
-			return s.endErr(ctx)
+			return s.life.Err(ctx)
 		case u := <-sub.queue:
 			seq++
 			if err := stream.Send(&updatesv1.Update{
