@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"math"
 	"sync"
 	"time"
 
@@ -38,12 +39,20 @@ type SubscriberConfig struct {
 	Backoff     Backoff // zero value = DefaultBackoff
 	DedupWindow int     // event ids remembered to drop duplicates; 0 = 10000
 
+	// Retryable decides which failures are retried; nil = the package's
+	// Retryable. (The conformance self-test uses it to retry everything.)
+	Retryable func(error) bool
+	// NoWatchdog turns the heartbeat watchdog off: a silent stream is
+	// waited on for ever. Only for the conformance self-test's faults.
+	NoWatchdog bool
+
 	// OnEvent gets each log event (sequence > 0) once, in order.
 	OnEvent func(*eventsv1.Event)
 	// OnControl gets control events: heartbeat, polystream.replay_gap,
 	// polystream.dropped, ...
 	OnControl func(*eventsv1.Event)
-	// OnConnect is called when a stream is open; attempt is 0 for the first
+	// OnConnect is called when a stream is open and the server has the
+	// subscription (its headers arrived); attempt is 0 for the first
 	// connection, n for the n-th retry in a row.
 	OnConnect func(attempt int)
 	// OnDisconnect is called when a stream ends with err. attempt and delay
@@ -80,6 +89,9 @@ func NewSubscriber(conn grpc.ClientConnInterface, cfg SubscriberConfig) (*Subscr
 	}
 	if cfg.DedupWindow <= 0 {
 		cfg.DedupWindow = 10000
+	}
+	if cfg.Retryable == nil {
+		cfg.Retryable = Retryable
 	}
 	return &Subscriber{
 		events:      eventsv1.NewEventServiceClient(conn),
@@ -135,9 +147,10 @@ func (s *Subscriber) run(ctx context.Context, onEvent func(*eventsv1.Event)) err
 			attempt = 0
 		}
 		attempt++
-		if !Retryable(err) || !s.cfg.Backoff.Allows(attempt) {
+		retryable := s.cfg.Retryable(err)
+		if !retryable || !s.cfg.Backoff.Allows(attempt) {
 			s.disconnected(err, attempt, -1)
-			if Retryable(err) {
+			if retryable {
 				return fmt.Errorf("giving up after %d retries: %w", attempt-1, err)
 			}
 			return err
@@ -163,6 +176,9 @@ func (s *Subscriber) session(ctx context.Context, attempt int, onEvent func(*eve
 	// runs while waiting for the server, so a slow callback is not
 	// mistaken for a silent stream.
 	silence := 2 * s.heartbeat()
+	if s.cfg.NoWatchdog {
+		silence = math.MaxInt64 // a timer that never fires
+	}
 	watchdog := time.AfterFunc(silence, func() { cancel(ErrStalled) })
 	defer watchdog.Stop()
 	stream, err := s.events.Subscribe(ctx, &eventsv1.SubscribeRequest{
@@ -178,7 +194,12 @@ func (s *Subscriber) session(ctx context.Context, attempt int, onEvent func(*eve
 		}
 		return false, err
 	}
-	if s.cfg.OnConnect != nil {
+	// Connected means subscribed: the servers send the headers once the
+	// subscription is registered, so what is published after OnConnect
+	// reaches this stream (as the Python client's wait_for_connection).
+	// A stream that fails first reports why at its Recv below.
+	// (A stream that ends without headers, trailers only, has none.)
+	if md, err := stream.Header(); err == nil && md != nil && s.cfg.OnConnect != nil {
 		s.cfg.OnConnect(attempt)
 	}
 	for {

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	eventsv1 "github.com/polystream/polystream/go/gen/polystream/events/v1"
@@ -256,4 +257,47 @@ func TestServerEndingWithOKIsErrStreamEnded(t *testing.T) {
 	if calls := fake.calls(); len(calls) < 2 || calls[1].LastEventId != "e1" {
 		t.Fatalf("calls %v, want a resume after e1", calls)
 	}
+}
+
+// OnConnect means subscribed: it waits for the server's headers, which the
+// servers send once the subscription is registered, so an event published
+// after OnConnect is never missed. A stream refused without headers never
+// counts as connected.
+func TestOnConnectWaitsForTheServersHeaders(t *testing.T) {
+	registered := make(chan struct{})
+	_, conn := startScripted(t, func(call int, _ *eventsv1.SubscribeRequest, stream eventsv1.EventService_SubscribeServer) error {
+		if call == 0 {
+			return status.Error(codes.Unavailable, "not yet") // trailers only
+		}
+		time.Sleep(300 * time.Millisecond) // registering
+		close(registered)
+		if err := stream.SendHeader(metadata.MD{}); err != nil {
+			return err
+		}
+		<-stream.Context().Done()
+		return nil
+	})
+	connected := make(chan int, 2)
+	sub, _ := NewSubscriber(conn, SubscriberConfig{ClientID: "c", Backoff: fastBackoff,
+		OnConnect: func(attempt int) {
+			select {
+			case <-registered:
+			default:
+				t.Error("OnConnect before the server sent its headers")
+			}
+			connected <- attempt
+		}})
+	ctx, cancel := context.WithCancel(testContext(t))
+	done := make(chan error, 1)
+	go func() { done <- sub.Run(ctx) }()
+	select {
+	case a := <-connected:
+		if a != 1 {
+			t.Errorf("OnConnect(%d), want 1: the refused attempt 0 never connected", a)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("never connected")
+	}
+	cancel()
+	<-done
 }

@@ -58,10 +58,34 @@ const closeDelay = time.Second
 // Driver implements conformancev1.ClientDriverServer.
 type Driver struct {
 	pb.UnimplementedClientDriverServer
+	// Fault, when set, makes the driver deliberately defective (self-test only).
+	Fault Fault
 }
 
 // New returns a driver.
 func New() *Driver { return &Driver{} }
+
+// dialOptions are the client's connection settings: the contract's
+// keepalive (or the scenario's keepalive_time_ms), none with the blind fault.
+func (d *Driver) dialOptions(req *pb.RunRequest) []grpc.DialOption {
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Fixed flow-control windows (no BDP growth), as in the Python driver:
+		// how far a server can run ahead of a slow or cancelling client does
+		// not depend on timing.
+		grpc.WithStaticStreamWindowSize(WindowSize),
+		grpc.WithStaticConnWindowSize(WindowSize),
+	}
+	if d.Fault == FaultBlind {
+		return opts // grpc-go's default: no keepalive pings at all
+	}
+	ka := DefaultKeepaliveTime
+	if req.GetKeepaliveTimeMs() > 0 {
+		ka = time.Duration(req.GetKeepaliveTimeMs()) * time.Millisecond // grpc-go raises values under 10 s to 10 s
+	}
+	return append(opts, grpc.WithKeepaliveParams(keepalive.ClientParameters{
+		Time: ka, Timeout: DefaultKeepaliveTimeout, PermitWithoutStream: true}))
+}
 
 // errStopped ends a receive loop when the client stops the call on purpose
 // (stop_after reached, ping-pong done): the finished code is then OK.
@@ -70,6 +94,7 @@ var errStopped = errors.New("stopped by the client")
 // run is one Run call: its request, its output stream and the client's call.
 type run struct {
 	req    *pb.RunRequest
+	fault  Fault
 	out    pb.ClientDriver_RunServer
 	conn   *grpc.ClientConn
 	ctx    context.Context // the client's call: deadline and request headers
@@ -87,18 +112,7 @@ func (d *Driver) Run(req *pb.RunRequest, out pb.ClientDriver_RunServer) error {
 	if req.GetTarget() == "" {
 		return status.Error(codes.InvalidArgument, "target is required")
 	}
-	ka := DefaultKeepaliveTime
-	if req.GetKeepaliveTimeMs() > 0 {
-		ka = time.Duration(req.GetKeepaliveTimeMs()) * time.Millisecond // grpc-go raises values under 10 s to 10 s
-	}
-	conn, err := grpc.NewClient(req.GetTarget(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: ka, Timeout: DefaultKeepaliveTimeout, PermitWithoutStream: true}),
-		// Fixed flow-control windows (no BDP growth), as in the Python driver:
-		// how far a server can run ahead of a slow or cancelling client does
-		// not depend on timing.
-		grpc.WithStaticStreamWindowSize(WindowSize),
-		grpc.WithStaticConnWindowSize(WindowSize))
+	conn, err := grpc.NewClient(req.GetTarget(), d.dialOptions(req)...)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "target %q: %v", req.GetTarget(), err)
 	}
@@ -110,7 +124,7 @@ func (d *Driver) Run(req *pb.RunRequest, out pb.ClientDriver_RunServer) error {
 	// The client's call ends when Run is cancelled, so cancelling Run cancels it.
 	ctx := out.Context()
 	var cancelDeadline context.CancelFunc = func() {}
-	if ms := req.GetDeadlineMs(); ms > 0 {
+	if ms := req.GetDeadlineMs(); ms > 0 && d.Fault != FaultNoDeadline {
 		ctx, cancelDeadline = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
 	}
 	defer cancelDeadline()
@@ -119,7 +133,7 @@ func (d *Driver) Run(req *pb.RunRequest, out pb.ClientDriver_RunServer) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	r := &run{req: req, out: out, conn: conn, ctx: ctx, cancel: cancel}
+	r := &run{req: req, fault: d.Fault, out: out, conn: conn, ctx: ctx, cancel: cancel}
 
 	switch s := req.GetScenario().(type) {
 	case *pb.RunRequest_Subscribe:
@@ -155,9 +169,11 @@ func (d *Driver) Run(req *pb.RunRequest, out pb.ClientDriver_RunServer) error {
 
 // emit sends one observation stamped with the client's clock.
 func (r *run) emit(o *pb.Observation) {
-	o.AtUnixNanos = time.Now().UnixNano()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Stamped under the lock, so the sender's and the receiver's goroutines
+	// report in the order of their times.
+	o.AtUnixNanos = time.Now().UnixNano()
 	if r.sendErr == nil {
 		r.sendErr = r.out.Send(o)
 	}

@@ -49,6 +49,11 @@ func (r *run) subscribeResilient(s *pb.Subscribe) error {
 		}
 	}
 	req := s.GetRequest()
+	var retryable func(error) bool // nil = go/client's own rule
+	if r.fault == FaultRetryAll {
+		// Every status; the run's own end (ctx) still stops the subscriber.
+		retryable = func(error) bool { return true }
+	}
 	var sub *client.Subscriber
 	sub, err := client.NewSubscriber(r.conn, client.SubscriberConfig{
 		ClientID:          req.GetClientId(),
@@ -56,7 +61,9 @@ func (r *run) subscribeResilient(s *pb.Subscribe) error {
 		Channel:           req.GetChannel(),
 		LastEventID:       req.GetLastEventId(),
 		HeartbeatInterval: req.GetHeartbeatInterval(),
-		Backoff:           backoff(s.GetBackoff()),
+		Backoff:           backoff(s.GetBackoff(), r.fault == FaultNoBackoff),
+		Retryable:         retryable,
+		NoWatchdog:        r.fault == FaultBlind,
 		OnEvent:           onMessage,
 		OnControl:         onMessage,
 		OnConnect: func(int) {
@@ -97,25 +104,28 @@ func (r *run) subscribeResilient(s *pb.Subscribe) error {
 }
 
 // backoff maps driver.proto's Backoff onto go/client's; unset fields keep
-// the client's defaults.
-func backoff(b *pb.Backoff) client.Backoff {
+// the client's defaults. constant (the no-backoff fault) makes every delay
+// exactly the base: no growth, no jitter.
+func backoff(b *pb.Backoff, constant bool) client.Backoff {
 	out := client.DefaultBackoff
-	if b == nil {
-		return out
-	}
-	if b.GetBaseMs() > 0 {
-		out.Base = time.Duration(b.GetBaseMs()) * time.Millisecond
-	}
-	if b.GetMaxMs() > 0 {
-		out.Max = time.Duration(b.GetMaxMs()) * time.Millisecond
+	if b != nil {
+		if b.GetBaseMs() > 0 {
+			out.Base = time.Duration(b.GetBaseMs()) * time.Millisecond
+		}
+		if b.GetMaxMs() > 0 {
+			out.Max = time.Duration(b.GetMaxMs()) * time.Millisecond
+		}
+		if b.GetMultiplier() >= 1 {
+			out.Multiplier = b.GetMultiplier()
+		}
+		out.MaxRetries = int(b.GetMaxRetries())
 	}
 	if out.Max < out.Base {
 		out.Max = out.Base
 	}
-	if b.GetMultiplier() >= 1 {
-		out.Multiplier = b.GetMultiplier()
+	if constant {
+		out.Multiplier, out.Jitter = 1, 0
 	}
-	out.MaxRetries = int(b.GetMaxRetries())
 	return out
 }
 

@@ -22,7 +22,17 @@ import (
 func main() {
 	host := flag.String("host", envOr("POLYSTREAM_DRIVER_HOST", "0.0.0.0"), "address to listen on")
 	port := flag.Int("port", envInt("POLYSTREAM_DRIVER_PORT", 50052), "port to listen on; 0 = a free port")
+	faultName := flag.String("fault", os.Getenv("POLYSTREAM_DRIVER_FAULT"),
+		"self-test only: make the driver deliberately defective (no-deadline, retry-all, no-backoff, blind)")
 	flag.Parse()
+	fault, err := conformancedriver.ParseFault(*faultName)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if fault != "" {
+		fmt.Fprintf(os.Stderr, "%s (fault=%s)\n", conformancedriver.FaultBanner, fault)
+	}
 
 	lis, err := net.Listen("tcp", net.JoinHostPort(*host, strconv.Itoa(*port)))
 	if err != nil {
@@ -30,7 +40,9 @@ func main() {
 		os.Exit(1)
 	}
 	srv := grpc.NewServer()
-	pb.RegisterClientDriverServer(srv, conformancedriver.New())
+	driver := conformancedriver.New()
+	driver.Fault = fault
+	pb.RegisterClientDriverServer(srv, driver)
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 
 	sig := make(chan os.Signal, 1)

@@ -61,6 +61,9 @@ func TestExitCodes(t *testing.T) {
 	if got := run(ctx, []string{"serve", "--port", "0", "--initial-window-size", "1000"}); got != 2 {
 		t.Errorf("too small --initial-window-size exits %d, want 2", got)
 	}
+	if got := run(ctx, []string{"serve", "--port", "0", "--upload-read-delay", "2m"}); got != 2 {
+		t.Errorf("too long --upload-read-delay exits %d, want 2", got)
+	}
 }
 
 func TestListAndMapFlags(t *testing.T) {
