@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import threading
 from typing import Any, AsyncIterator, Callable, Optional, Sequence
@@ -238,8 +239,9 @@ async def cmd_subscribe(conn: Connection, args: argparse.Namespace) -> int:
     async with subscriber:
         try:
             # --timeout bounds the whole subscription, reconnections included
-            await asyncio.wait_for(print_events(), conn.stream_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(conn.stream_timeout):  # not wait_for, which can swallow Ctrl-C
+                await print_events()
+        except TimeoutError:
             raise CommandFailed("DEADLINE_EXCEEDED: Deadline Exceeded") from None
     return 0
 
@@ -546,6 +548,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         report_error(str(exc))
         return 2
+    # As the Go CLI (signal.NotifyContext): Ctrl-C ends a command even when
+    # the process inherited SIGINT ignored (started with `&` by a shell
+    # without job control, as CI runners do).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return asyncio.run(run_command(args))
     except grpc.aio.AioRpcError as exc:

@@ -140,7 +140,12 @@ class ResilientSubscriber:
         on_connect: Optional[ConnectCallback] = None,
         on_disconnect: Optional[DisconnectCallback] = None,
         rand: Callable[[], float] = random.random,
+        retryable: Optional[Callable[[BaseException], bool]] = None,
+        watchdog: bool = True,
     ) -> None:
+        """retryable decides which failures are retried (default
+        is_retryable); watchdog=False waits on a silent stream for ever. Both
+        exist for the conformance self-test's deliberately defective driver."""
         if isinstance(target, str):
             self._channel = create_channel(
                 target,
@@ -169,6 +174,8 @@ class ResilientSubscriber:
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._rand = rand
+        self._retryable = retryable or is_retryable
+        self._watchdog = watchdog
         self._call: Optional[grpc.aio.UnaryStreamCall] = None
         self._closed = False
         self._close_requested = asyncio.Event()  # wakes a backoff sleep at once
@@ -238,15 +245,16 @@ class ResilientSubscriber:
                 self._call = None
             if self._closed:
                 return
-            if not is_retryable(error) or not self.backoff.allows(attempt + 1):
+            if not self._retryable(error) or not self.backoff.allows(attempt + 1):
                 await _invoke(self._on_disconnect, error, attempt + 1, None)
                 raise error
             attempt += 1
             delay = self.backoff.delay(attempt, self._rand)
             await _invoke(self._on_disconnect, error, attempt, delay)
             try:
-                await asyncio.wait_for(self._close_requested.wait(), delay)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(delay):  # not wait_for: see _within_silence_limit
+                    await self._close_requested.wait()
+            except TimeoutError:
                 pass
 
     def _request(self) -> events_pb2.SubscribeRequest:
@@ -261,9 +269,15 @@ class ResilientSubscriber:
     async def _within_silence_limit(self, step: Awaitable[T]) -> T:
         """Awaits one step of a call; the watchdog: StreamSilentError after
         too long a wait (time spent in the caller's code does not count)."""
+        if not self._watchdog:
+            return await step
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+        # cancellation (Ctrl-C, close) that lands just as the step completes,
+        # and the subscription would then go on reading for ever.
         try:
-            return await asyncio.wait_for(step, self.silence_limit)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.silence_limit):
+                return await step
+        except TimeoutError:
             raise StreamSilentError(self.silence_limit) from None
 
 

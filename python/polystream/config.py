@@ -14,21 +14,32 @@ import os
 import re
 from typing import Callable, Mapping, Optional
 
-from polystream.server_faults import STRICT_KEEPALIVE, WRONG_STATUS
-from polystream.services.chat_faults import SLOW_READER, parse_slow_reader
+from polystream.server_faults import FAULTS as SERVER_FAULTS
 
 POLICIES = ("drop-newest", "drop-oldest", "block", "disconnect")
 LOG_LEVELS = ("debug", "info", "warn", "error")
-# Self-test faults (conformance/selftest.yaml, docs/contract.md): the events
-# service's act in polystream/services/events_faults.py, the whole server's
-# (wrong-status, strict-keepalive) in polystream/server_faults.py, chat's
-# slow-reader=<ms> in polystream/services/chat_faults.py.
-EVENTS_FAULTS = ("reorder", "drop", "ignore-cancel", "forget-history", "no-heartbeat")
-FAULTS = (*EVENTS_FAULTS, WRONG_STATUS, STRICT_KEEPALIVE)
-FAULT_NAMES = (*FAULTS, SLOW_READER + "=<ms>")  # as listed in the error message
+# Self-test faults (conformance/selftest.yaml, docs/contract.md), in the
+# contract's order: the events service's act in
+# polystream/services/events_faults.py, the whole server's (wrong-status to
+# unbounded-window) in polystream/server_faults.py.
+EVENTS_FAULTS = (
+    "reorder",
+    "drop",
+    "ignore-cancel",
+    "forget-history",
+    "no-heartbeat",
+    "unknown-client-not-found",
+    "duplicate-broadcast",
+    "no-replay-gap",
+    "miscount-drops",
+    "unbounded-queue",
+)
+FAULTS = (*EVENTS_FAULTS, *SERVER_FAULTS)
 # --initial-window-size when not 0: HTTP/2's default (smallest useful) window
 # up to HTTP/2's largest, as in Go.
 MIN_WINDOW_SIZE, MAX_WINDOW_SIZE = 65535, 2**31 - 1
+# --upload-read-delay: 0 (none) up to a minute, as in Go.
+MAX_UPLOAD_READ_DELAY = 60.0  # seconds
 
 _DURATION = re.compile(r"((?:\d+(?:\.\d*)?)|(?:\.\d+))(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -134,6 +145,10 @@ class ServerConfig:
     # HTTP/2 flow control: 0 = grpcio's dynamic windows (BDP probing); > 0 =
     # fixed windows of this many bytes (see server.server_options).
     initial_window_size: int = 0
+    # Seconds UploadMessages waits before reading each message (and before
+    # noticing the half-close); 0 = none. A testing knob (the conformance
+    # harness's steady slow reader), not a production setting.
+    upload_read_delay: float = 0.0
     fault: str = ""  # harness self-test only; see services/events_faults.py
 
 
@@ -155,7 +170,8 @@ _FLAGS: dict[str, tuple[Callable[[str], object], str]] = {
     "chat-keepalive": (_parse_go_duration, "interval of keep-alive messages in Chat"),
     "log-level": (str, "minimum log level: " + ", ".join(LOG_LEVELS)),
     "initial-window-size": (_parse_int, "fixed HTTP/2 stream and connection windows, bytes; 0 = dynamic (BDP probing)"),
-    "fault": (str, "conformance self-test only: a deliberate defect, one of " + ", ".join(FAULT_NAMES)),
+    "upload-read-delay": (_parse_go_duration, "testing only: UploadMessages waits this long before reading each message; 0 = none"),
+    "fault": (str, "conformance self-test only: a deliberate defect, one of " + ", ".join(FAULTS)),
 }
 
 
@@ -169,9 +185,12 @@ def usage() -> str:
     lines = ["usage: polystream serve [flags]; each flag has a POLYSTREAM_* variable (--data-dir: POLYSTREAM_DATA_DIR)"]
     for flag, (_, text) in _FLAGS.items():
         default = getattr(defaults, flag.replace("-", "_"))
+        if default in ("", 0):  # as Go: a zero default is not shown
+            lines.append(f"  -{flag}\n    \t{text}")
+            continue
         if isinstance(default, float):
             default = format_duration(default)
-        lines.append(f"  -{flag}\n    \t{text} (default {default!r})" if default not in ("", 0) else f"  -{flag}\n    \t{text}")
+        lines.append(f"  -{flag}\n    \t{text} (default {default!r})")
     return "\n".join(lines)
 
 
@@ -257,12 +276,13 @@ def _first_error(c: ServerConfig) -> Optional[str]:
             f"--initial-window-size must be 0 or between {MIN_WINDOW_SIZE} and {MAX_WINDOW_SIZE}, "
             f"got {c.initial_window_size}"
         )
+    if not 0 <= c.upload_read_delay <= MAX_UPLOAD_READ_DELAY:
+        return (
+            f"--upload-read-delay must be between {format_duration(0)} and {format_duration(MAX_UPLOAD_READ_DELAY)}, "
+            f"got {format_duration(c.upload_read_delay)}"
+        )
     if c.fault and c.fault not in FAULTS:
-        delay, error = parse_slow_reader(c.fault)
-        if error is not None:
-            return error
-        if delay is None:
-            return f'--fault must be one of {", ".join(FAULT_NAMES)}; got "{c.fault}"'
+        return f'--fault must be one of {", ".join(FAULTS)}; got "{c.fault}"'
     for flag in ("publish-timeout", "keepalive-time", "keepalive-timeout", "keepalive-min-time", "shutdown-grace", "chat-keepalive"):
         value = getattr(c, flag.replace("-", "_"))
         if value <= 0:

@@ -33,6 +33,19 @@ from polystream.vendor import grpc_health_v1_pb2 as health_pb, grpc_health_v1_pb
 OK = grpc.StatusCode.OK.name
 WINDOW_SIZE = 64 * 1024  # the client's fixed HTTP/2 receive window
 
+# Self-test faults (docs/contract.md, "Driver faults"): each makes the driver
+# deliberately defective, so the self-test can prove a client-side check
+# fails against a bad client. Same names, order and refusal as the Go driver.
+FAULTS = ("no-deadline", "retry-all", "no-backoff", "blind")
+FAULT_BANNER = "SELF-TEST FAULT ACTIVE: this driver is deliberately defective"
+
+
+def check_fault(name: str) -> str:
+    """A --fault value ("" = no fault); ValueError with the exact refusal."""
+    if name and name not in FAULTS:
+        raise ValueError(f'--fault must be one of {", ".join(FAULTS)}; got "{name}"')
+    return name
+
 
 class _Stopped(Exception):
     """The client ended the call on purpose (stop_after): finished is OK."""
@@ -91,11 +104,14 @@ def new_id(i: int) -> str:
 class Run:
     """One Run call: its request, its output stream and the client's calls."""
 
-    def __init__(self, request: driver_pb2.RunRequest, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, request: driver_pb2.RunRequest, context: grpc.aio.ServicerContext, fault: str = "") -> None:
         self.req = request
         self.context = context
+        self.fault = fault
         self.metadata = tuple(request.metadata.items())
-        self.deadline = time.monotonic() + request.deadline_ms / 1000 if request.deadline_ms > 0 else None
+        self.deadline = None
+        if request.deadline_ms > 0 and fault != "no-deadline":
+            self.deadline = time.monotonic() + request.deadline_ms / 1000
         self.lock = asyncio.Lock()  # context.write from several tasks
         self.received = 0
         self.cancelled = False  # cancel_after fired
@@ -109,10 +125,13 @@ class Run:
         # Fixed flow-control windows (no BDP growth), as in the Go driver: how
         # far a server can run ahead of a slow or cancelling client does not
         # depend on timing.
-        options = list(resilient.KEEPALIVE_OPTIONS) + [
+        options = [
             ("grpc.http2.bdp_probe", 0),
             ("grpc.http2.lookahead_bytes", WINDOW_SIZE),
         ]
+        if self.fault == "blind":
+            return options  # grpc core's client default: no keepalive pings
+        options += resilient.KEEPALIVE_OPTIONS
         if self.req.keepalive_time_ms > 0:
             options = [o for o in options if o[0] != "grpc.keepalive_time_ms"]
             options.append(("grpc.keepalive_time_ms", int(self.req.keepalive_time_ms)))
@@ -408,12 +427,19 @@ class Run:
         Request headers and what is left of deadline_ms go on every attempt."""
         b = s.backoff
         defaults = resilient.Backoff()
+        constant = self.fault == "no-backoff"  # every delay exactly base: no growth, no jitter
         backoff = resilient.Backoff(
             base=b.base_ms / 1000 if b.base_ms > 0 else defaults.base,
             max=b.max_ms / 1000 if b.max_ms > 0 else max(defaults.max, b.base_ms / 1000),
-            multiplier=b.multiplier if b.multiplier >= 1 else defaults.multiplier,
+            multiplier=1 if constant else b.multiplier if b.multiplier >= 1 else defaults.multiplier,
             max_retries=b.max_retries if s.HasField("backoff") else defaults.max_retries,
+            jitter=0 if constant else defaults.jitter,
         )
+
+        def retry_all(_error: BaseException) -> bool:
+            # Every status; only the run's own deadline still ends it (as in Go).
+            return self.timeout() != 0.0
+
         options = self.channel_options() + [
             ("grpc.initial_reconnect_backoff_ms", int(backoff.base * 1000)),
             ("grpc.min_reconnect_backoff_ms", int(backoff.base * 1000)),
@@ -440,6 +466,8 @@ class Run:
             last_event_id=req.last_event_id, heartbeat_interval=req.heartbeat_interval,
             backoff=backoff, include_control_events=True,
             on_connect=on_connect, on_disconnect=on_disconnect,
+            retryable=retry_all if self.fault == "retry-all" else None,
+            watchdog=self.fault != "blind",
         )
         log_events = 0
         try:
@@ -550,13 +578,16 @@ def message_class(descriptor):
 
 
 class Driver(driver_pb2_grpc.ClientDriverServicer):
+    def __init__(self, fault: str = "") -> None:
+        self.fault = check_fault(fault)  # self-test only: deliberately defective
+
     async def Run(self, request: driver_pb2.RunRequest, context: grpc.aio.ServicerContext) -> None:
         if not request.target:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "target is required")
         scenario = request.WhichOneof("scenario")
         if scenario is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a scenario is required")
-        run = Run(request, context)
+        run = Run(request, context, self.fault)
         if scenario == "subscribe" and request.subscribe.resilient:
             perform = run.subscribe_resilient
         else:
@@ -579,9 +610,9 @@ class _Health(health_grpc.HealthServicer):
         return health_pb.HealthCheckResponse(status=health_pb.HealthCheckResponse.SERVING)
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, fault: str = "") -> None:
     server = grpc.aio.server()
-    driver_pb2_grpc.add_ClientDriverServicer_to_server(Driver(), server)
+    driver_pb2_grpc.add_ClientDriverServicer_to_server(Driver(fault), server)
     health_grpc.add_HealthServicer_to_server(_Health(), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
@@ -601,8 +632,17 @@ def main(argv=None) -> int:
                                      description="Serves the conformance ClientDriver for the Python client.")
     parser.add_argument("--host", default=os.environ.get("POLYSTREAM_DRIVER_HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("POLYSTREAM_DRIVER_PORT", "50052")))
+    parser.add_argument("--fault", default=os.environ.get("POLYSTREAM_DRIVER_FAULT", ""),
+                        help="self-test only: make the driver deliberately defective (" + ", ".join(FAULTS) + ")")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port))
+    try:
+        fault = check_fault(args.fault)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if fault:
+        print(f"{FAULT_BANNER} (fault={fault})", file=sys.stderr, flush=True)
+    asyncio.run(serve(args.host, args.port, fault))
     return 0
 
 

@@ -11,17 +11,37 @@ module (the events service's faults are in services/events_faults.py):
                     pinging every second gets GOAWAY too_many_pings; the
                     server sends no keepalive pings of its own (as grpcio's
                     defaults), so an idle client has to ping itself
+  skip-sequence     on every response stream, the 5th message whose
+                    `sequence` is not 0 is sent (as a copy) with sequence + 1
+  lose-request      on every request stream, the 5th request is discarded
+                    before the handler sees it
+  no-metadata       no x-request-id / x-echo-trailer echo (server.py)
+  abrupt-shutdown   SIGINT/SIGTERM stops the server at once: no grace, no
+                    `server is shutting down` for open streams
+  unbounded-window  --initial-window-size is ignored: fixed 16 MiB windows
+
+ignore-cancel is an events fault (services/events_faults.py) that also
+touches the server's `rpc` log record: CANCELLED / DEADLINE_EXCEEDED are
+logged as OK (`logged_code`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator, Callable, Optional
 
 import grpc
 
 WRONG_STATUS = "wrong-status"
 STRICT_KEEPALIVE = "strict-keepalive"
-FAULTS = (WRONG_STATUS, STRICT_KEEPALIVE)
+SKIP_SEQUENCE = "skip-sequence"
+LOSE_REQUEST = "lose-request"
+NO_METADATA = "no-metadata"
+ABRUPT_SHUTDOWN = "abrupt-shutdown"
+UNBOUNDED_WINDOW = "unbounded-window"
+FAULTS = (WRONG_STATUS, STRICT_KEEPALIVE, SKIP_SEQUENCE, LOSE_REQUEST, NO_METADATA, ABRUPT_SHUTDOWN, UNBOUNDED_WINDOW)
+IGNORE_CANCEL = "ignore-cancel"  # an events fault (config.EVENTS_FAULTS), also in the rpc log record
+FAULT_AT = 5  # skip-sequence and lose-request act on a stream's 5th message
+UNBOUNDED_WINDOW_BYTES = 16 * 1024 * 1024
 WRONG_STATUS_MESSAGE = "wrong-status fault"
 _REWRITTEN = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
 STRICT_MIN_PING_MS = 60_000
@@ -78,3 +98,72 @@ class _WrongStatusContext:
 
     def set_details(self, details: str) -> None:
         self._ctx.set_details(WRONG_STATUS_MESSAGE if _is_rewritten(self._ctx.code()) else details)
+
+
+# --- skip-sequence ---
+
+
+def sequence_skipper(fault: str) -> Optional[Callable[[Any], Any]]:
+    """A response stream's message filter under skip-sequence (None otherwise):
+    one per stream, it counts the messages with a non-zero `sequence`."""
+    if fault != SKIP_SEQUENCE:
+        return None
+    count = 0
+
+    def skip(message: Any) -> Any:
+        nonlocal count
+        if not getattr(message, "sequence", 0):  # a message without the field, or a control event
+            return message
+        count += 1
+        if count != FAULT_AT:
+            return message
+        # A copy: the message may be shared (the event log, other subscribers).
+        skipped = type(message)()
+        skipped.CopyFrom(message)
+        skipped.sequence += 1
+        return skipped
+
+    return skip
+
+
+# --- lose-request ---
+
+
+def requests(fault: str, request_iterator: Any) -> Any:
+    """The request stream a client-streaming or bidi handler reads (every
+    handler reads its iterator; none uses context.read)."""
+    return _lose_fifth(request_iterator) if fault == LOSE_REQUEST else request_iterator
+
+
+async def _lose_fifth(request_iterator: Any) -> AsyncIterator[Any]:
+    count = 0
+    async for request in request_iterator:
+        count += 1
+        if count != FAULT_AT:
+            yield request
+
+
+# --- no-metadata, abrupt-shutdown, unbounded-window, ignore-cancel ---
+
+
+def echo_metadata(fault: str) -> bool:
+    """Whether the server echoes x-request-id / x-echo-trailer (not under no-metadata)."""
+    return fault != NO_METADATA
+
+
+def graceful_shutdown(fault: str) -> bool:
+    """Whether SIGINT/SIGTERM shut down gracefully (not under abrupt-shutdown)."""
+    return fault != ABRUPT_SHUTDOWN
+
+
+def window_size(fault: str, initial_window_size: int) -> int:
+    """The fixed HTTP/2 window size; 0 = grpcio's dynamic windows."""
+    return UNBOUNDED_WINDOW_BYTES if fault == UNBOUNDED_WINDOW else initial_window_size
+
+
+def logged_code(fault: str, code: grpc.StatusCode) -> grpc.StatusCode:
+    """The code of the server's `rpc` log record: under ignore-cancel, the
+    server claims it never saw a cancellation."""
+    if fault == IGNORE_CANCEL and code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return grpc.StatusCode.OK
+    return code

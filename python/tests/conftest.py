@@ -119,3 +119,25 @@ def records() -> Records:
     logging.getLogger("polystream.server").addHandler(handler)
     yield handler
     logging.getLogger("polystream.server").removeHandler(handler)
+
+
+@pytest.fixture
+async def serve_events():
+    """`await serve_events(servicer, options=())` -> the address of an
+    EventService fake (a scripted servicer) on 127.0.0.1; every one started
+    is stopped at teardown."""
+    from polystream.events.v1 import events_pb2_grpc
+
+    servers: list[grpc.aio.Server] = []
+
+    async def start(servicer, options=()) -> str:
+        server = grpc.aio.server(options=list(options))
+        events_pb2_grpc.add_EventServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        await server.stop(None)

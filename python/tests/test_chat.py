@@ -214,6 +214,58 @@ async def test_upload_rejects_a_bad_message(running: Running, bad: pb.Message, m
     await expect_error(running.stub.UploadMessages(messages()), grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.15])
+async def test_upload_read_delay_paces_uploads(start_chat, delay: float) -> None:
+    running = await start_chat(upload_read_delay=delay)
+
+    async def messages() -> AsyncIterator[pb.Message]:
+        for i in range(6):
+            yield pb.Message(user="u", content=str(i), room="slow")
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await running.stub.UploadMessages(messages(), timeout=10)
+    elapsed = loop.time() - started
+    assert (response.message_count, response.success) == (6, True)
+    if delay:
+        # A wait before each of the 6 reads and before the half-close is noticed.
+        assert elapsed >= 7 * delay - 0.05, elapsed
+    else:
+        assert elapsed < 0.6, elapsed
+
+
+async def test_upload_read_delay_comes_before_the_first_read_and_the_half_close(start_chat) -> None:
+    running = await start_chat(upload_read_delay=0.2)
+
+    async def nothing() -> AsyncIterator[pb.Message]:
+        return
+        yield
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await running.stub.UploadMessages(nothing(), timeout=10)
+    assert (response.message_count, response.success) == (0, True)
+    assert loop.time() - started >= 0.2 - 0.05
+
+
+async def test_a_cancelled_upload_ends_the_read_delay_at_once(start_chat) -> None:
+    running = await start_chat(upload_read_delay=60.0)  # the largest allowed
+    outgoing: asyncio.Queue[pb.Message] = asyncio.Queue()
+
+    async def messages() -> AsyncIterator[pb.Message]:
+        while True:
+            yield await outgoing.get()
+
+    call = running.stub.UploadMessages(messages())
+    await outgoing.put(pb.Message(user="u", content="one"))
+    await eventually(lambda: running.server.stats()[1] == 1, what="the upload open on the server")
+    call.cancel()
+    # Far sooner than the minute the handler would otherwise sleep.
+    await eventually(lambda: running.server.stats()[1] == 0, timeout=5, what="the cancelled upload released")
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+
 # --- bidirectional streaming ----------------------------------------------------------------
 
 

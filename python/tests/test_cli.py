@@ -109,6 +109,24 @@ def test_status_of_a_subscribed_client(cli):
         subscriber.communicate(timeout=10)
 
 
+def test_ctrl_c_ends_a_subscription_even_when_started_with_sigint_ignored(cli):
+    # A shell without job control starts `cmd &` with SIGINT ignored, and the
+    # child inherits that; the Go CLI takes SIGINT back (signal.Notify), so
+    # the Python CLI must too.
+    client = unique("c")
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        subscriber = cli.start("subscribe", "--client-id", client, "--channel", unique("ch"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        wait_until(lambda: cli.ok("status", "--client-id", client)[0].get("connected"), what="connected")
+    finally:
+        subscriber.send_signal(signal.SIGINT)
+        subscriber.communicate(timeout=10)
+    assert subscriber.returncode == 130
+
+
 def test_event_errors(cli):
     assert cli.fails("status") == "polystream: INVALID_ARGUMENT: client_id is required"
     assert cli.fails("subscribe", "--client-id", "c", "--types", "a..b") == (

@@ -493,3 +493,26 @@ async def test_slow_subscriber_cut_off_by_the_server_resumes_without_loss(start_
         await channel.close()
     assert received == [r.event_id for r in sorted(published, key=lambda r: r.sequence)]
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, "the server should have cut the slow stream at least once"
+
+
+async def test_a_cancel_that_lands_as_a_step_completes_is_not_swallowed():
+    # Ctrl-C on `polystream subscribe` just as the stream's headers arrived
+    # used to be lost: Python 3.11's asyncio.wait_for returns the step's
+    # result and drops a cancellation that lands at that moment, and the
+    # subscriber read on for ever. The watchdog must let it through.
+    subscriber = ResilientSubscriber("127.0.0.1:1", "c1", heartbeat_interval=1)
+    try:
+        step = asyncio.get_running_loop().create_future()
+
+        async def one_step():
+            return await subscriber._within_silence_limit(step)
+
+        task = asyncio.create_task(one_step())
+        for _ in range(3):
+            await asyncio.sleep(0)  # the task is now waiting on the step
+        step.set_result("headers")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await subscriber.close()

@@ -303,20 +303,9 @@ class ScriptedEvents(events_pb2_grpc.EventServiceServicer):
 
 
 @pytest.fixture
-async def fake():
-    servers = []
-
-    async def start(*scripts) -> str:
-        srv = grpc.aio.server()
-        events_pb2_grpc.add_EventServiceServicer_to_server(ScriptedEvents(*scripts), srv)
-        port = srv.add_insecure_port("127.0.0.1:0")
-        await srv.start()
-        servers.append(srv)
-        return f"127.0.0.1:{port}"
-
-    yield start
-    for srv in servers:
-        await srv.stop(None)
+def fake(serve_events):
+    """`await fake(*scripts)` -> the address of a ScriptedEvents server."""
+    return lambda *scripts: serve_events(ScriptedEvents(*scripts))
 
 
 def event(seq: int, id_: str) -> events_pb2.Event:

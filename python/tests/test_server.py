@@ -21,7 +21,8 @@ from conftest import eventually
 from polystream.config import ServerConfig
 from polystream.events.v1 import events_pb2 as pb
 from polystream.events.v1 import events_pb2_grpc as pb_grpc
-from polystream.server import StreamGuard, server_options
+from polystream.server import server_options
+from polystream.stream_guard import StreamGuard
 from polystream.vendor import grpc_health_v1_pb2 as health_pb
 from polystream.vendor import grpc_health_v1_pb2_grpc as health_grpc
 from polystream.vendor import grpc_reflection_v1_pb2 as refl_pb

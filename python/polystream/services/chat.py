@@ -16,7 +16,6 @@ import grpc
 
 from polystream.chat.v1 import chat_pb2, chat_pb2_grpc
 from polystream.config import ServerConfig
-from polystream.services import chat_faults
 from polystream.services import chat_metrics
 from polystream.services.chat_rooms import (
     JOIN,
@@ -52,18 +51,14 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         self._stats = stats
         self._instance = socket.gethostname()
         self._rooms = RoomHub()
-        # > 0 only with the slow-reader conformance fault (chat_faults.py).
-        self._slow_reader = chat_faults.slow_reader_delay(config.fault)
-        self._fault = config.fault
+        # Seconds to wait before each upload read (--upload-read-delay); 0 = none.
+        self._upload_read_delay = config.upload_read_delay
 
     def register(self, server: grpc.aio.Server) -> None:
         chat_pb2_grpc.add_ChatServiceServicer_to_server(self, server)
 
     async def start(self) -> None:
-        # Nothing to prepare (rooms exist while someone is in them), but say
-        # so when the slow-reader fault is on (at start, so TailLogs has it too).
-        if self._slow_reader:
-            self._log.warning("SELF-TEST FAULT ACTIVE: this server is deliberately defective", extra={"fault": self._fault})
+        pass  # nothing to prepare: rooms exist while someone is in them
 
     async def close(self) -> None:
         pass  # open streams are ended by the server's shutdown interceptor
@@ -90,11 +85,14 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         self, request_iterator: AsyncIterator[chat_pb2.Message], context: grpc.aio.ServicerContext
     ) -> chat_pb2.UploadResponse:
         # Each message is delivered as it arrives; nothing is buffered here, so
-        # gRPC flow control paces a fast uploader.
+        # gRPC flow control paces a fast uploader. With --upload-read-delay each
+        # read (the first, and the one that finds the half-close, included)
+        # waits that long first; a cancelled upload cancels the wait at once.
         count = 0
         requests = aiter(request_iterator)
         while True:
-            await chat_faults.slow_read(self._slow_reader)  # at once unless the slow-reader fault is on
+            if self._upload_read_delay > 0:
+                await asyncio.sleep(self._upload_read_delay)
             incoming = await anext(requests, None)
             if incoming is None:
                 break

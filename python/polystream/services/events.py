@@ -58,12 +58,12 @@ def _gap_event(gap: ReplayGap, channel: str) -> events_pb2.Event:
     )
 
 
-def _dropped_event(marker: DroppedMarker, channel: str) -> events_pb2.Event:
+def _dropped_event(marker: DroppedMarker, channel: str, fault: str) -> events_pb2.Event:
     return _control(
         "polystream.dropped",
         channel,
         {
-            "count": str(marker.count),
+            "count": str(events_faults.dropped_count(fault, marker.count)),  # miscount-drops self-test fault
             "first_dropped_id": marker.first.id,
             "last_dropped_id": marker.last.id,
             "first_dropped_sequence": str(marker.first.sequence),
@@ -99,7 +99,14 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         self._fault = config.fault  # self-test only (events_faults.py); "" = none
         data_dir = events_faults.store_data_dir(self._fault, config.data_dir)
         store = SqliteEventStore(data_dir, config.history_size) if data_dir else None
-        self._log = EventLog(config.history_size, config.queue_size, config.backpressure, config.publish_timeout, store)
+        self._log = EventLog(
+            config.history_size,
+            events_faults.queue_size(self._fault, config.queue_size),  # unbounded-queue self-test fault
+            config.backpressure,
+            config.publish_timeout,
+            store,
+            idempotent_ids=events_faults.idempotent_ids(self._fault),  # not under duplicate-broadcast
+        )
 
     def register(self, server: grpc.aio.Server) -> None:
         events_pb2_grpc.add_EventServiceServicer_to_server(self, server)
@@ -148,6 +155,8 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         if not request.client_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_id is required")
         stats, oldest_ns = self._log.status(request.client_id)
+        if oldest_ns is None and events_faults.unknown_client_not_found(self._fault):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f'client "{request.client_id}" not found')
         status = events_pb2.ConnectionStatus(
             client_id=request.client_id,
             connected=oldest_ns is not None,
@@ -224,7 +233,7 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         try:
             # Headers now, not with the first event: the client learns that it is subscribed.
             await context.send_initial_metadata(())
-            if subscription.gap is not None:
+            if subscription.gap is not None and events_faults.replay_gap(self._fault):  # not under no-replay-gap
                 yield _gap_event(subscription.gap, channel)
             # Each log event is counted as it is handed to grpc, as Go counts it once
             # Send has queued it: counting after the yield would miss the last one
@@ -261,7 +270,7 @@ class EventService(events_pb2_grpc.EventServiceServicer):
                         self._log.count_delivered(client_id)
                         yield event.to_proto(channel)
                 elif isinstance(item, DroppedMarker):
-                    yield _dropped_event(item, channel)
+                    yield _dropped_event(item, channel, self._fault)
                 elif isinstance(item, SubscriptionUpdated):
                     channel = item.channel
                     yield _updated_event(item)

@@ -14,11 +14,21 @@ semantics are the Go server's (go/events/faults.go):
   forget-history  the event log ignores --data-dir: memory store, nothing
                   kept across restarts
   no-heartbeat    streams send no heartbeat events at all
+  unknown-client-not-found
+                  GetConnectionStatus of a client with no open stream is
+                  NOT_FOUND `client "<id>" not found`
+  duplicate-broadcast
+                  a publisher-supplied id already in the log is appended
+                  again, as a new event with a fresh id
+  no-replay-gap   a resume from an unknown id sends no replay_gap event
+  miscount-drops  a dropped marker's `count` is one less than it stands for
+  unbounded-queue subscriber queues ignore --queue-size: never full
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any, Callable, Optional
 
 import grpc
@@ -26,7 +36,18 @@ import grpc
 from polystream.config import EVENTS_FAULTS
 from polystream.services.events_store import StoredEvent
 
-REORDER, DROP, IGNORE_CANCEL, FORGET_HISTORY, NO_HEARTBEAT = EVENTS_FAULTS
+(
+    REORDER,
+    DROP,
+    IGNORE_CANCEL,
+    FORGET_HISTORY,
+    NO_HEARTBEAT,
+    UNKNOWN_CLIENT_NOT_FOUND,
+    DUPLICATE_BROADCAST,
+    NO_REPLAY_GAP,
+    MISCOUNT_DROPS,
+    UNBOUNDED_QUEUE,
+) = EVENTS_FAULTS
 FAULT_EVERY = 100  # reorder and drop act on a stream's 100th, 200th, ... log event
 REORDER_HOLD_MAX = 1.0  # seconds a held event waits for its successor
 
@@ -44,6 +65,31 @@ def heartbeats(fault: str) -> bool:
 def store_data_dir(fault: str, data_dir: str) -> str:
     """The data directory the event log really uses."""
     return "" if fault == FORGET_HISTORY else data_dir
+
+
+def unknown_client_not_found(fault: str) -> bool:
+    """Whether GetConnectionStatus of a client without open streams is NOT_FOUND."""
+    return fault == UNKNOWN_CLIENT_NOT_FOUND
+
+
+def idempotent_ids(fault: str) -> bool:
+    """Whether a publisher-supplied id already in the log is a retry (not under duplicate-broadcast)."""
+    return fault != DUPLICATE_BROADCAST
+
+
+def replay_gap(fault: str) -> bool:
+    """Whether a resume from an id not in the log sends polystream.replay_gap."""
+    return fault != NO_REPLAY_GAP
+
+
+def dropped_count(fault: str, count: int) -> int:
+    """The `count` a polystream.dropped marker says for `count` dropped events."""
+    return count - 1 if fault == MISCOUNT_DROPS else count
+
+
+def queue_size(fault: str, queue_size: int) -> int:
+    """A subscriber queue's capacity: unbounded (never full) under unbounded-queue."""
+    return sys.maxsize if fault == UNBOUNDED_QUEUE else queue_size
 
 
 def ignore_cancel(fault: str, unsubscribe: Callable[[bool], None]) -> Optional["IgnoreCancel"]:

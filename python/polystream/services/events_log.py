@@ -90,12 +90,14 @@ class EventLog:
         policy: str,
         publish_timeout: float,
         store: Optional[SqliteEventStore] = None,
+        idempotent_ids: bool = True,  # False only under the duplicate-broadcast self-test fault
     ) -> None:
         self._history_size = history_size
         self._queue_size = queue_size
         self._policy = policy
         self._publish_timeout = publish_timeout
         self._store = store
+        self._idempotent_ids = idempotent_ids
         self._window: collections.deque[StoredEvent] = collections.deque()
         self._by_id: dict[str, StoredEvent] = {}
         self._next_sequence = 1
@@ -156,12 +158,12 @@ class EventLog:
         sequence = self._next_sequence
         for draft, result in batch:
             known = (self._by_id.get(draft.id) or new.get(draft.id)) if draft.id else None
-            if known is not None:  # idempotent retry: nothing appended, nothing delivered
+            if known is not None and self._idempotent_ids:  # idempotent retry: nothing appended, nothing delivered
                 planned.append((result, known, False))
                 continue
             event = StoredEvent(
                 sequence=sequence,
-                id=draft.id or str(uuid.uuid4()),
+                id=draft.id if draft.id and known is None else str(uuid.uuid4()),
                 type=draft.type,
                 channels=draft.channels,
                 timestamp_ns=time.time_ns(),

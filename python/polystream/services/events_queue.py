@@ -123,8 +123,9 @@ class SubscriberQueue:
             waiter = loop.create_future()
             self._room.append(waiter)
             try:
-                await asyncio.wait_for(waiter, remaining)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(remaining):  # not wait_for: it can swallow the call's cancellation
+                    await waiter
+            except TimeoutError:
                 pass
             finally:
                 if waiter in self._room:
@@ -213,8 +214,9 @@ class SubscriberQueue:
         if item is None:
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):  # not wait_for: it can swallow the call's cancellation
+                    await self._changed.wait()
+            except TimeoutError:
                 return None
             item = self.take_nowait()
         return item
