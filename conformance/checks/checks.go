@@ -42,7 +42,7 @@ type Input struct {
 	PublishSpans []time.Duration
 	// Faults are the faults injected, with when they started and ended.
 	Faults []FaultWindow
-	Server       Server
+	Server Server
 }
 
 // FaultWindow is one injected fault: for pause (disconnect), from the pause
@@ -87,6 +87,7 @@ var Registry = map[string]Func{
 	"query_batches":   QueryBatches,
 	"disconnect":      Disconnect,
 	"held_back":       HeldBack,
+	"send_paced":      SendPaced,
 	"job_progress":    JobProgress,
 }
 
@@ -711,10 +712,10 @@ func Trailers(ctx context.Context, in *Input, p config.Params) Result {
 	return mdCheck("trailers", p.Trailers, func(o *driver.Observations) map[string]string { return o.Finished.GetTrailers() })(ctx, in, p)
 }
 
-// Memory: the server container's memory (Docker's stats, less page cache)
-// stays under max_mb.
+// Memory: the server container's memory (Docker's stats, less page cache),
+// at its peak while the case ran (sampled by the runner), stays under max_mb.
 func Memory(ctx context.Context, in *Input, p config.Params) Result {
-	exp := fmt.Sprintf("server memory <= %.0f MiB", p.MaxMB)
+	exp := fmt.Sprintf("server memory at its peak <= %.0f MiB", p.MaxMB)
 	b, err := in.Server.MemoryBytes(ctx)
 	if err != nil {
 		return fail(exp, "docker stats: "+err.Error())
@@ -842,14 +843,19 @@ func QueryBatches(_ context.Context, in *Input, p config.Params) Result {
 	})
 }
 
-// JobProgress: WatchJobProgress reported a non-decreasing percentage and
-// ended with status `type` (e.g. JOB_STATUS_COMPLETED).
+// JobProgress: WatchJobProgress numbered its updates 1, 2, ... (a watcher
+// may miss intermediate states, never a sequence number), reported a
+// non-decreasing percentage and ended with status `type` (e.g.
+// JOB_STATUS_COMPLETED).
 func JobProgress(_ context.Context, in *Input, p config.Params) Result {
-	exp := "percentage never decreases; last status " + p.Type
+	exp := "stream sequences 1, 2, ... with no gap; percentage never decreases; last status " + p.Type
 	return each(in, exp, func(_ int, o *driver.Observations) (bool, string) {
 		last := -1.0
 		status := ""
-		for _, r := range o.Received {
+		for i, r := range o.Received {
+			if r.GetSequence() != uint64(i+1) {
+				return false, fmt.Sprintf("update #%d has stream sequence %d", i+1, r.GetSequence())
+			}
 			var j struct {
 				Percentage float64 `json:"percentage"`
 				Status     string  `json:"status"`
@@ -939,5 +945,32 @@ func HeldBack(_ context.Context, in *Input, p config.Params) Result {
 		}
 		s := fmt.Sprintf("sent %d before, %d while held, %d after the thaw", before, during, after)
 		return during <= max && after > 0, s
+	})
+}
+
+// SendPaced: flow control paces a client-streaming sender to a slow reader:
+// from the first to the last message the client reports sent takes at least
+// `at_least` (with unbounded windows it would all go at once).
+func SendPaced(_ context.Context, in *Input, p config.Params) Result {
+	exp := fmt.Sprintf("the sends spread over at least %v", p.AtLeast.D())
+	return each(in, exp, func(_ int, o *driver.Observations) (bool, string) {
+		var first, last time.Time
+		n := 0
+		for _, x := range o.All {
+			if x.O.GetSent() == nil {
+				continue
+			}
+			t := obsTime(x)
+			if n == 0 {
+				first = t
+			}
+			last = t
+			n++
+		}
+		if n == 0 {
+			return false, "no message reported sent"
+		}
+		span := last.Sub(first)
+		return span >= p.AtLeast.D(), fmt.Sprintf("%d sends over %v", n, span.Round(time.Millisecond))
 	})
 }

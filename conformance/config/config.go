@@ -108,23 +108,23 @@ type Step struct {
 	// WaitConnected waits until every session reported connected{attempt >= N}.
 	WaitConnected *int `yaml:"wait_connected"`
 	// WaitDisconnected waits until every session reported this many disconnects.
-	WaitDisconnected int      `yaml:"wait_disconnected"`
+	WaitDisconnected int `yaml:"wait_disconnected"`
 	// WaitType waits until every session received a message of this type
 	// (e.g. polystream.subscription_updated).
 	WaitType string `yaml:"wait_type"`
 	// WaitSent waits until every session reported sent{count >= N}.
-	WaitSent int `yaml:"wait_sent"`
-	WaitFinished     bool     `yaml:"wait_finished"`
+	WaitSent     int  `yaml:"wait_sent"`
+	WaitFinished bool `yaml:"wait_finished"`
 	// Stop ends the client sessions (the harness cancels their Run calls;
 	// the case then checks what was observed up to there).
 	Stop bool `yaml:"stop"`
 	// Start starts the client sessions here (default: before the first
 	// step). The run may then use $PUBLISHED_ID_<n>, the id of the n-th event
 	// published so far (1-based).
-	Start bool `yaml:"start"`
-	Publish          *Publish `yaml:"publish"`
-	Fault            *Fault   `yaml:"fault"`
-	Sleep            Duration `yaml:"sleep"`
+	Start   bool     `yaml:"start"`
+	Publish *Publish `yaml:"publish"`
+	Fault   *Fault   `yaml:"fault"`
+	Sleep   Duration `yaml:"sleep"`
 	// Within bounds a wait step (default: the case's timeout).
 	Within Duration `yaml:"within"`
 }
@@ -187,6 +187,14 @@ func (e *Expect) UnmarshalYAML(n *yaml.Node) error {
 	e.Kind = n.Content[0].Value
 	if n.Content[1].Kind == yaml.ScalarNode && n.Content[1].Value == "" {
 		return nil
+	}
+	// `headers: {key: value}` / `trailers: {key: value}`: the mapping is the
+	// metadata itself (value "*" = any value).
+	switch e.Kind {
+	case "headers":
+		return n.Content[1].Decode(&e.Params.Headers)
+	case "trailers":
+		return n.Content[1].Decode(&e.Params.Trailers)
 	}
 	if n.Content[1].Kind == yaml.MappingNode {
 		known := map[string]bool{}
@@ -271,11 +279,21 @@ type LoadProfile struct {
 	MaxErrorRate float64 `yaml:"max_error_rate"`
 }
 
-// SelfTest makes cases run against servers started with --fault <Fault>;
-// each must fail there.
+// SelfTest makes cases run against servers started with --fault <Fault>,
+// or against client drivers started with --fault <ClientFault>; each case
+// must fail there. Cases are case ids or "under-load/<name>" variants.
 type SelfTest struct {
-	Fault string   `yaml:"fault"`
-	Cases []string `yaml:"cases"`
+	Fault       string   `yaml:"fault"`
+	ClientFault string   `yaml:"client_fault"`
+	Cases       []string `yaml:"cases"`
+}
+
+// Name is the fault as it appears in self-test case ids.
+func (t SelfTest) Name() string {
+	if t.ClientFault != "" {
+		return "client-" + t.ClientFault
+	}
+	return t.Fault
 }
 
 // Suite is everything the matrix runs.
@@ -295,6 +313,40 @@ func (s *Suite) Case(id string) *Case {
 		}
 	}
 	return nil
+}
+
+// UnderLoadPrefix starts the ids of the cases' under-load variants.
+const UnderLoadPrefix = "under-load/"
+
+// UnderLoadID is the id of c's under-load variant.
+func UnderLoadID(c *Case) string { return UnderLoadPrefix + c.Name }
+
+// Lookup finds a case id or an under-load variant's id: the case and, for a
+// variant, its load profile.
+func (s *Suite) Lookup(id string) (*Case, *LoadProfile) {
+	if c := s.Case(id); c != nil {
+		return c, nil
+	}
+	for _, c := range s.Cases {
+		if c.UnderLoad != "" && UnderLoadID(c) == id {
+			return c, s.LoadProfiles[c.UnderLoad]
+		}
+	}
+	return nil, nil
+}
+
+// RunIDs lists every id the matrix runs: each case, then each under-load variant.
+func (s *Suite) RunIDs() []string {
+	var ids []string
+	for _, c := range s.Cases {
+		ids = append(ids, c.ID)
+	}
+	for _, c := range s.Cases {
+		if c.UnderLoad != "" {
+			ids = append(ids, UnderLoadID(c))
+		}
+	}
+	return ids
 }
 
 // Load reads the suite from dir (the conformance/ directory).
@@ -389,9 +441,12 @@ func Load(dir string) (*Suite, error) {
 		return nil, err
 	}
 	for _, t := range st.SelfTests {
+		if (t.Fault == "") == (t.ClientFault == "") {
+			return nil, fmt.Errorf("selftest.yaml: every entry needs exactly one of fault and client_fault (%q, %q)", t.Fault, t.ClientFault)
+		}
 		for _, id := range t.Cases {
-			if s.Case(id) == nil {
-				return nil, fmt.Errorf("selftest.yaml: fault %s: no case %s", t.Fault, id)
+			if c, _ := s.Lookup(id); c == nil {
+				return nil, fmt.Errorf("selftest.yaml: fault %s: no case %s", t.Name(), id)
 			}
 		}
 	}

@@ -26,3 +26,23 @@ func TestKnownFailingMatches(t *testing.T) {
 		t.Error("matched another client")
 	}
 }
+
+// Every case of the matrix, under-load variants included, must be shown red
+// against some fault by the self-test: a check that cannot fail proves nothing.
+func TestEveryCaseHasASelfTest(t *testing.T) {
+	s, err := Load("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	covered := map[string]bool{}
+	for _, st := range s.SelfTests {
+		for _, id := range st.Cases {
+			covered[id] = true
+		}
+	}
+	for _, id := range s.RunIDs() {
+		if !covered[id] {
+			t.Errorf("%s is in no self-test: give it a fault in conformance/selftest.yaml", id)
+		}
+	}
+}

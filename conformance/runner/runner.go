@@ -97,7 +97,8 @@ type matrix struct {
 	env     *docker.Env
 	suite   *config.Suite
 	opt     Options
-	drivers map[string]*driverHandle
+	drivers map[string]*driverHandle // by image name, or "name|fault"
+	dmu     sync.Mutex               // guards drivers
 	seq     int
 	mu      sync.Mutex
 	out     []Outcome
@@ -130,6 +131,8 @@ type caseRun struct {
 	// invert: a self-test, which passes when the case fails.
 	invert bool
 	fault  string
+	// clientFault: the self-test's client driver runs with --fault clientFault.
+	clientFault string
 }
 
 func (m *matrix) cases() []caseRun {
@@ -137,13 +140,16 @@ func (m *matrix) cases() []caseRun {
 	if m.opt.SelfTest {
 		for _, t := range m.suite.SelfTests {
 			for _, id := range t.Cases {
-				orig := m.suite.Case(id)
+				orig, lp := m.suite.Lookup(id)
 				c := *orig
-				c.Server.Flags = append(append([]string(nil), orig.Server.Flags...), "--fault", t.Fault)
-				c.Server.Fresh = true
-				sid := "selftest/" + t.Fault + "/" + id
+				if t.Fault != "" {
+					c.Server.Flags = append(append([]string(nil), orig.Server.Flags...), "--fault", t.Fault)
+				}
+				// Cases with the same fault share a server, as in the matrix
+				// (a case that needs a fresh one says so itself).
+				sid := "selftest/" + t.Name() + "/" + id
 				if m.opt.Filter == nil || m.opt.Filter.MatchString(sid) {
-					out = append(out, caseRun{c: &c, id: sid, invert: true, fault: t.Fault})
+					out = append(out, caseRun{c: &c, id: sid, load: lp, invert: true, fault: t.Name(), clientFault: t.ClientFault})
 				}
 			}
 		}
@@ -158,7 +164,7 @@ func (m *matrix) cases() []caseRun {
 		if c.UnderLoad == "" {
 			continue
 		}
-		id := "under-load/" + c.Name
+		id := config.UnderLoadID(c)
 		if m.opt.Filter == nil || m.opt.Filter.MatchString(id) {
 			out = append(out, caseRun{c: c, id: id, load: m.suite.LoadProfiles[c.UnderLoad]})
 		}
@@ -179,7 +185,7 @@ func (m *matrix) run(ctx context.Context) []Outcome {
 	}
 	// One driver container per client image for the whole run.
 	for _, cl := range clients {
-		m.drivers[cl.Name] = m.startDriver(ctx, cl)
+		m.driver(ctx, cl, "")
 	}
 	defer func() {
 		for _, d := range m.drivers {
@@ -295,10 +301,29 @@ func firstLine(s string) string {
 	return s
 }
 
-func (m *matrix) startDriver(ctx context.Context, im *config.Implementation) *driverHandle {
+// driver is the client image's driver; with a self-test client fault, a
+// second driver container of that image started with --fault, once per run.
+func (m *matrix) driver(ctx context.Context, im *config.Implementation, fault string) *driverHandle {
+	m.dmu.Lock()
+	defer m.dmu.Unlock()
+	key := im.Name
+	if fault != "" {
+		key += "|" + fault
+	}
+	if m.drivers[key] == nil {
+		m.drivers[key] = m.startDriver(ctx, im, fault)
+	}
+	return m.drivers[key]
+}
+
+func (m *matrix) startDriver(ctx context.Context, im *config.Implementation, fault string) *driverHandle {
+	args, alias := im.Driver.Args(), "client-"+im.Name
+	if fault != "" {
+		args, alias = append(args, "--fault", fault), alias+"-"+fault
+	}
 	c, err := m.env.Start(ctx, docker.Spec{
-		Image: im.Image, Cmd: im.Driver.Args(), Env: im.Driver.Env,
-		Alias: "client-" + im.Name, Port: im.Driver.Port,
+		Image: im.Image, Cmd: args, Env: im.Driver.Env,
+		Alias: alias, Port: im.Driver.Port,
 	})
 	if err != nil {
 		m.opt.Log("driver %s: %v", im.Name, err)
@@ -360,10 +385,19 @@ func (m *matrix) startServer(ctx context.Context, im *config.Implementation, c *
 	return &serverHandle{im: im, c: ctr, probe: probe.New(ctr.Addr)}, nil
 }
 
+// faultyParty says who runs with a self-test fault.
+func faultyParty(cr caseRun) string {
+	if cr.clientFault != "" {
+		return "a client driver started with --fault " + cr.clientFault
+	}
+	return "a server started with --fault " + cr.fault
+}
+
 // serverView adapts a server container and its probe to checks.Server.
 type serverView struct {
 	s      *serverHandle
 	follow *probe.LogFollower
+	memory *peakMemory // sampled during the case when it checks memory
 }
 
 func (v serverView) WaitStreams(ctx context.Context, ids []string, want int, within time.Duration) (map[string]int, error) {
@@ -379,7 +413,14 @@ func (v serverView) Logs(ctx context.Context, lines int) ([]probe.LogRecord, err
 	}
 	return recs, err
 }
-func (v serverView) MemoryBytes(ctx context.Context) (uint64, error) { return v.s.c.MemoryBytes(ctx) }
+
+// MemoryBytes is the peak sampled during the case, where it was sampled.
+func (v serverView) MemoryBytes(ctx context.Context) (uint64, error) {
+	if v.memory != nil {
+		return v.memory.Peak(ctx, v.s.c.MemoryBytes)
+	}
+	return v.s.c.MemoryBytes(ctx)
+}
 
 var unsafeChars = regexp.MustCompile(`[^a-zA-Z0-9]+`)
 
@@ -388,7 +429,7 @@ func (m *matrix) runCase(ctx context.Context, cr caseRun, cl, sv *config.Impleme
 	o = Outcome{Case: c, CaseID: cr.id, Client: cl.Name, Server: sv.Name}
 	start := time.Now()
 	defer func() { o.Duration = time.Since(start) }()
-	d := m.drivers[cl.Name]
+	d := m.driver(ctx, cl, cr.clientFault)
 	if d == nil || d.err != nil {
 		o.Status, o.Error = Error, fmt.Sprintf("client driver %s: %v", cl.Name, d.err)
 		return o
@@ -452,6 +493,10 @@ func (m *matrix) runCase(ctx context.Context, cr caseRun, cl, sv *config.Impleme
 		}
 		return nil
 	}
+	var memory *peakMemory
+	if samplesMemory(c) {
+		memory = samplePeak(ctx, srv.c.MemoryBytes)
+	}
 	if c.StartStep() == 0 {
 		if err := x.startSessions(); err != nil {
 			o.Status, o.Error = Error, err.Error()
@@ -479,7 +524,7 @@ func (m *matrix) runCase(ctx context.Context, cr caseRun, cl, sv *config.Impleme
 	}
 	x.wg.Wait() // async publishes
 
-	in := &checks.Input{Case: c, StartedAt: start, ClientIDs: x.ids, Published: x.published, PublishSpans: x.spans, Faults: x.faults, Server: serverView{s: srv, follow: follow}}
+	in := &checks.Input{Case: c, StartedAt: start, ClientIDs: x.ids, Published: x.published, PublishSpans: x.spans, Faults: x.faults, Server: serverView{s: srv, follow: follow, memory: memory}}
 	for _, s := range x.sessions {
 		in.Sessions = append(in.Sessions, s.Snapshot())
 	}
@@ -509,12 +554,12 @@ func (m *matrix) runCase(ctx context.Context, cr caseRun, cl, sv *config.Impleme
 		if o.Status == Pass {
 			o.Status = Fail
 			o.Results = append(o.Results, checks.Result{Kind: "selftest",
-				Expected: fmt.Sprintf("some check fails against a server started with --fault %s", cr.fault),
+				Expected: "some check fails against " + faultyParty(cr),
 				Seen:     "every check passed: the harness did not notice the fault"})
 		} else {
 			o.Status = Pass
 			o.Results = append(o.Results, checks.Result{Kind: "selftest", Pass: true,
-				Expected: fmt.Sprintf("some check fails against --fault %s", cr.fault), Seen: "the case failed as it must"})
+				Expected: "some check fails against " + faultyParty(cr), Seen: "the case failed as it must"})
 		}
 	}
 	if o.Status == Fail {

@@ -120,7 +120,9 @@ func (x *execution) step(ctx context.Context, st config.Step) *checks.Result {
 		}
 		return x.waitAll(ctx, st, "wait_type", "a "+typ+" message received",
 			func(o *driver.Observations) bool { return count(o) > 0 },
-			func(o *driver.Observations) string { return fmt.Sprintf("%d %s, %d received in all", count(o), typ, len(o.Received)) })
+			func(o *driver.Observations) string {
+				return fmt.Sprintf("%d %s, %d received in all", count(o), typ, len(o.Received))
+			})
 	case st.WaitSent > 0:
 		n := st.WaitSent
 		return x.waitAll(ctx, st, "wait_sent", fmt.Sprintf("%d messages sent", n),
