@@ -375,7 +375,9 @@ func within(n int, min, max *int) bool {
 // exponential bounds — retry k (0-based, counted since the last successful
 // connection) waits between base*mult^k*(1-jitter) and
 // min(max, base*mult^k)*(1+jitter) — and the client really waited: its next
-// observation comes no earlier than the delay (less tolerance).
+// observation comes no earlier than the delay (less tolerance). min (default
+// 1) is how many retries must be seen: with one, only the base delay is
+// checked, so a client whose delays never grow would pass.
 func Backoff(_ context.Context, in *Input, p config.Params) Result {
 	mult := p.Multiplier
 	if mult == 0 {
@@ -385,7 +387,11 @@ func Backoff(_ context.Context, in *Input, p config.Params) Result {
 	if tol == 0 {
 		tol = 50 * time.Millisecond
 	}
-	exp := fmt.Sprintf("retry k waits min(max %dms, base %dms × %.1f^k) × (1 ± %.0f%% jitter); at least 1 retry", p.MaxMS, p.BaseMS, mult, p.Jitter*100)
+	minRetries := 1
+	if p.Min != nil {
+		minRetries = *p.Min
+	}
+	exp := fmt.Sprintf("retry k waits min(max %dms, base %dms × %.1f^k) × (1 ± %.0f%% jitter); at least %d retries", p.MaxMS, p.BaseMS, mult, p.Jitter*100, minRetries)
 	return each(in, exp, func(_ int, o *driver.Observations) (bool, string) {
 		k := 0
 		retries := 0
@@ -417,6 +423,9 @@ func Backoff(_ context.Context, in *Input, p config.Params) Result {
 		}
 		if retries == 0 {
 			return false, "no retry announced (no disconnected{will_retry})"
+		}
+		if retries < minRetries {
+			return false, fmt.Sprintf("%d retries (delays %s), fewer than %d", retries, strings.Join(delays, ","), minRetries)
 		}
 		return true, "delays " + strings.Join(delays, ",")
 	})

@@ -117,6 +117,18 @@ func TestBackoff(t *testing.T) {
 	if r := Backoff(context.Background(), in, p); r.Pass {
 		t.Errorf("short delay passed: %+v", r)
 	}
+	// One retry checks only the base delay: a client that never grows its
+	// delays (the no-backoff driver fault) would pass.
+	two := 2
+	p.Min = &two
+	in = &Input{Sessions: []driver.Observations{obs(100)}}
+	if r := Backoff(context.Background(), in, p); r.Pass || !strings.Contains(r.Seen, "fewer than 2") {
+		t.Errorf("one retry passed with min 2: %+v", r)
+	}
+	in = &Input{Sessions: []driver.Observations{obs(100, 200)}}
+	if r := Backoff(context.Background(), in, p); !r.Pass {
+		t.Errorf("two retries in bounds failed with min 2: %+v", r)
+	}
 }
 
 func TestStatus(t *testing.T) {
