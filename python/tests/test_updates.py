@@ -588,3 +588,42 @@ async def test_server_shutdown_ends_every_stream_and_stops_queries_and_jobs(runn
         assert (info.value.code(), info.value.details()) == (grpc.StatusCode.UNAVAILABLE, "server is shutting down")
     assert running.service.active_queries == 0
     assert job is not None and job.state.status == S.Value("JOB_STATUS_CANCELLED")
+
+
+def test_a_stop_between_statements_still_stops_an_endless_query(tmp_path: pathlib.Path) -> None:
+    # sqlite's interrupt() is lost when no statement is running: a stop that
+    # lands after start()'s last check and before its COUNT must still end it.
+    import sqlite3
+    import threading
+
+    from polystream.services import updates_query
+
+    db = str(tmp_path / "q.db")
+    updates_query.seed_database(db)
+    endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT x FROM n"
+    run = updates_query.QueryRun(db, endless, 10)
+    checks = 0
+    check = run._check_running
+
+    def check_then_stop() -> None:
+        nonlocal checks
+        check()
+        checks += 1
+        if checks == 2:  # the check right before the COUNT
+            run.stop()
+
+    run._check_running = check_then_stop  # type: ignore[method-assign]
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            run.start()
+        except sqlite3.Error as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=start, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the endless COUNT kept running after stop()"
+    assert errors and "interrupt" in str(errors[0])
+    run.close()

@@ -221,6 +221,11 @@ class QueryRun:
             self._conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
             self._conn.execute("PRAGMA query_only = ON")
             self._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+            # interrupt() is lost when it lands between statements (SQLite
+            # resets it when a statement starts): a stop just before the
+            # COUNT left an endless query running. The handler sees `stopped`
+            # whenever it lands.
+            self._conn.set_progress_handler(lambda: 1 if self.stopped else 0, 1000)
             self._check_running()
             # A newline before ")" keeps a trailing `-- comment` from eating it.
             (count,) = self._conn.execute(f"SELECT COUNT(*) FROM (\n{self._statement}\n)").fetchone()
