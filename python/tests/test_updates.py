@@ -11,6 +11,8 @@ import asyncio
 import dataclasses
 import logging
 import pathlib
+import sqlite3
+import threading
 from typing import Awaitable, Callable
 
 import grpc
@@ -18,6 +20,7 @@ import pytest
 
 from conftest import eventually, expect_error, take
 from polystream.server import RunningServer
+from polystream.services import updates_query
 from polystream.services.updates import UpdatesService
 from polystream.updates.v1 import updates_pb2 as pb
 from polystream.updates.v1 import updates_pb2_grpc
@@ -593,11 +596,6 @@ async def test_server_shutdown_ends_every_stream_and_stops_queries_and_jobs(runn
 def test_a_stop_between_statements_still_stops_an_endless_query(tmp_path: pathlib.Path) -> None:
     # sqlite's interrupt() is lost when no statement is running: a stop that
     # lands after start()'s last check and before its COUNT must still end it.
-    import sqlite3
-    import threading
-
-    from polystream.services import updates_query
-
     db = str(tmp_path / "q.db")
     updates_query.seed_database(db)
     endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT x FROM n"
