@@ -153,19 +153,33 @@ func (r *run) upload(s *pb.Upload) error {
 		return r.finish(err, nil, nil, nil)
 	}
 	content := strings.Repeat("x", int(s.GetContentBytes()))
+	cancelled := false
 	for i := int32(1); i <= s.GetCount(); i++ {
 		msg := &chatv1.Message{Id: newID(i), User: s.GetUser(), Room: s.GetRoom(),
 			Content: content, Type: chatv1.MessageType_MESSAGE_TYPE_CHAT}
 		if err := cs.Send(msg); err != nil {
-			break // io.EOF: the server ended the call; CloseAndRecv says how
+			break // io.EOF: the server ended the call; the status says how
 		}
 		r.emitSent(i)
 		if n := r.req.GetCancelAfter(); n > 0 && i >= n {
 			r.cancel()
+			cancelled = true
 			break
 		}
 	}
-	resp, err := cs.CloseAndRecv()
+	resp := new(chatv1.UploadResponse)
+	if !cancelled {
+		// A half-close after a cancel could reach the server before the
+		// RST_STREAM and end the call OK there, so only an uncancelled
+		// upload half-closes.
+		err = cs.CloseSend()
+	}
+	if err == nil {
+		err = cs.RecvMsg(resp)
+	}
+	if err != nil {
+		resp = nil
+	}
 	r.header, _ = cs.Header()
 	return r.finishStream(cs, err, resp)
 }
