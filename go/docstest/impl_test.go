@@ -2,7 +2,6 @@ package docstest
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,10 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/polystream/polystream/go/internal/grpctest"
 )
 
 // implementation is one language's server and CLI as docs pages see them:
@@ -25,24 +25,6 @@ type implementation struct {
 	env    []string // extra environment for the server and the blocks
 }
 
-// syncBuffer collects a process's output for failure reports.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // startServer runs impl's server on 127.0.0.1 with a free port and returns
 // the address it printed. The server is stopped with SIGTERM at cleanup
 // and must exit 0 within its shutdown grace (5 s) plus one second.
@@ -51,7 +33,7 @@ func startServer(t *testing.T, impl implementation) string {
 	cmd := exec.Command(impl.serve[0], impl.serve[1:]...)
 	cmd.Env = append(os.Environ(), impl.env...)
 	cmd.Dir = t.TempDir()
-	stderr := &syncBuffer{}
+	stderr := &grpctest.Output{}
 	cmd.Stderr = stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -83,7 +65,7 @@ func startServer(t *testing.T, impl implementation) string {
 	return ""
 }
 
-func stopServer(t *testing.T, impl implementation, cmd *exec.Cmd, exited <-chan error, stderr *syncBuffer) {
+func stopServer(t *testing.T, impl implementation, cmd *exec.Cmd, exited <-chan error, stderr *grpctest.Output) {
 	cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-exited:
@@ -114,7 +96,7 @@ func runBlock(t *testing.T, impl implementation, b block, dir string, env []stri
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 2 * time.Second
-	output := &syncBuffer{}
+	output := &grpctest.Output{}
 	cmd.Stdout, cmd.Stderr = output, output
 	err := cmd.Run()
 	if cmd.Process != nil {

@@ -430,7 +430,7 @@ func TestFaultAbruptShutdownCutsStreamsWithoutGrace(t *testing.T) {
 
 // clientEndedCalls makes a Subscribe the client cancels and one whose
 // deadline passes, and waits for their rpc records.
-func clientEndedCalls(t *testing.T, srv *Server, logs *syncBuffer) string {
+func clientEndedCalls(t *testing.T, srv *Server, logs *grpctest.Output) string {
 	t.Helper()
 	events := eventsv1.NewEventServiceClient(grpctest.Dial(t, srv.Addr()))
 	ctx, cancel := context.WithCancel(grpctest.Context(t))

@@ -2,13 +2,11 @@ package server
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"io"
 	"net"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,24 +24,6 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// syncBuffer collects the server's log output safely across goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func testConfig(t *testing.T) Config {
 	cfg := DefaultConfig()
 	cfg.Port = 0
@@ -52,9 +32,9 @@ func testConfig(t *testing.T) Config {
 	return cfg
 }
 
-func startServer(t *testing.T, cfg Config) (*Server, *syncBuffer) {
+func startServer(t *testing.T, cfg Config) (*Server, *grpctest.Output) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &grpctest.Output{}
 	srv, err := Start(cfg, logs)
 	if err != nil {
 		t.Fatal(err)
