@@ -24,6 +24,7 @@ import grpc  # noqa: E402
 import pytest  # noqa: E402
 
 from polystream import conformance_driver  # noqa: E402
+from polystream.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
 from polystream.conformance.v1 import driver_pb2 as d  # noqa: E402
 from polystream.conformance.v1 import driver_pb2_grpc  # noqa: E402
 from polystream.events.v1 import events_pb2, events_pb2_grpc  # noqa: E402
@@ -398,3 +399,46 @@ async def test_resilient_deadline(driver, fake):
     gone = obs[2].disconnected
     assert (gone.code, gone.will_retry) == ("DEADLINE_EXCEEDED", False)
 
+
+
+class UploadEnds(chat_pb2_grpc.ChatServiceServicer):
+    """UploadMessages records how each call's request stream ended. grpcio
+    ends the request iterator alike on a half-close and on a cancel, and
+    cancels the handler just after (polystream/stream_guard.py), so the
+    handler waits a moment before it counts the end as a half-close."""
+
+    def __init__(self) -> None:
+        self.ends: list[str] = []
+
+    async def UploadMessages(self, request_iterator, context):
+        async for _ in request_iterator:
+            pass
+        try:
+            await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            self.ends.append("cancelled")
+            raise
+        self.ends.append("half-close")
+        return chat_pb2.UploadResponse()
+
+
+async def test_a_cancelled_upload_is_never_a_half_close(driver):
+    """The Go driver once half-closed after cancelling, and the half-close
+    could reach the server first (docs/images.md); this is the Python twin of
+    its test, repeated because such an end is a race."""
+    fake = UploadEnds()
+    srv = grpc.aio.server()
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(fake, srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    await srv.start()
+    try:
+        for i in range(20):
+            obs = await run_all(driver, d.RunRequest(target=f"127.0.0.1:{port}", cancel_after=3, upload=d.Upload(
+                count=1000, content_bytes=10, user="u", room="r")))
+            assert finished(obs).code == "CANCELLED", obs
+            deadline = time.monotonic() + 5
+            while len(fake.ends) <= i and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert fake.ends[i:] == ["cancelled"], f"run {i}: the server saw {fake.ends[i:] or 'nothing'}"
+    finally:
+        await srv.stop(None)
