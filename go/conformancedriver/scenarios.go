@@ -153,7 +153,6 @@ func (r *run) upload(s *pb.Upload) error {
 		return r.finish(err, nil, nil, nil)
 	}
 	content := strings.Repeat("x", int(s.GetContentBytes()))
-	cancelled := false
 	for i := int32(1); i <= s.GetCount(); i++ {
 		msg := &chatv1.Message{Id: newID(i), User: s.GetUser(), Room: s.GetRoom(),
 			Content: content, Type: chatv1.MessageType_MESSAGE_TYPE_CHAT}
@@ -163,22 +162,17 @@ func (r *run) upload(s *pb.Upload) error {
 		r.emitSent(i)
 		if n := r.req.GetCancelAfter(); n > 0 && i >= n {
 			r.cancel()
-			cancelled = true
+			r.cancelled = true
 			break
 		}
 	}
-	resp := new(chatv1.UploadResponse)
-	if !cancelled {
-		// A half-close after a cancel could reach the server before the
-		// RST_STREAM and end the call OK there, so only an uncancelled
-		// upload half-closes.
-		err = cs.CloseSend()
-	}
-	if err == nil {
-		err = cs.RecvMsg(resp)
-	}
-	if err != nil {
-		resp = nil
+	var resp *chatv1.UploadResponse
+	if r.cancelled {
+		// Only the status: a half-close after the cancel could reach the
+		// server before the RST_STREAM and end the call OK there.
+		err = cs.RecvMsg(new(chatv1.UploadResponse))
+	} else {
+		resp, err = cs.CloseAndRecv()
 	}
 	r.header, _ = cs.Header()
 	return r.finishStream(cs, err, resp)
